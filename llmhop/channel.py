@@ -1,0 +1,163 @@
+"""Receiving a request: headers screened first, then the body collected in memory.
+
+twisted.web's stock channel is wrong for a gateway in three ways: it answers
+``Expect: 100-continue`` before anyone looked at the headers, it calls the
+resource only once the whole body is in, and it spools bodies of 100 kB or
+more to a temporary file.  Here the gateway screens the headers (auth, declared
+size) before a body byte is read, so a bad token or an oversized upload costs
+the client one round trip and us nothing; bodies are counted as they arrive
+and kept in memory up to the cap; and the stock form parsing of POST bodies
+(which would walk a 100 MiB multipart upload) is skipped.
+
+An answered-early request leaves the connection mid-body, so the channel stops
+parsing, shuts down its write side and discards what still arrives for a
+moment: closing at once with unread input makes the kernel send a reset,
+which can destroy the 413/401 before the client reads it.
+"""
+
+import time
+from typing import List, Optional
+
+from twisted.logger import Logger
+from twisted.web import http, server
+
+from llmhop import errors
+
+# How long a rejected client may keep sending before it is cut off.
+LINGER_SECONDS = 2.0
+
+_access = Logger(namespace="llmhop.access")
+
+
+class GatewayRequest(server.Request):
+    """A request whose body is a list of chunks in memory, joined once."""
+
+    body = b""
+    model: Optional[str] = None
+    outcome = ""
+    _site = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started = time.monotonic()
+        self._chunks: List[bytes] = []
+        self._received = 0
+        self._logged = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        self.content = None
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._chunks is None:
+            return  # already answered
+        self._received += len(data)
+        limit = self.channel.site.gateway.max_body_bytes
+        if self._received > limit:
+            self._chunks = None
+            self.channel.reject(self, errors.body_too_large(limit))
+            return
+        self._chunks.append(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path, _, query = path.partition(b"?")
+        self.args = http.parse_qs(query, 1) if query else {}
+        self.body = b"".join(self._chunks)
+        self._chunks = []
+        self._site = self.channel.site
+        self._site.request_started(self)
+        self.process()
+
+    def finish(self) -> None:
+        super().finish()
+        self._log_access()
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        if not self.outcome:
+            self.outcome = "client-gone"
+        self._log_access()
+
+    def _log_access(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        if self._site is not None:
+            self._site.request_ended(self)
+        path = self.path if self.path is not None else b"-"
+        _access.info(
+            "{method} {path} model={model} status={status} bytes={bytes} duration={duration:.3f}s{outcome}",
+            method=_printable(self.method),
+            path=_printable(path),
+            model=_printable(self.model.encode("utf-8", "replace")) if self.model is not None else "-",
+            status=self.code if self.startedWriting else "-",
+            bytes=self.sentLength,
+            duration=time.monotonic() - self.started,
+            outcome=" aborted=" + self.outcome if self.outcome else "",
+        )
+
+
+def _printable(value: bytes) -> str:
+    """Log-safe text: a client must not be able to forge log lines."""
+    return value.decode("ascii", "backslashreplace").encode("unicode_escape").decode("ascii")[:512]
+
+
+class GatewayChannel(http.HTTPChannel):
+    _rejected = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Server-sent events are many small writes; Nagle would hold them back.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        error = self.site.gateway.screen(self._path, request.requestHeaders, self.length)
+        if error is None:
+            # Only now may the stock code send "100 Continue".
+            super().allHeadersReceived()
+        else:
+            request.method, request.uri, request.clientproto = self._command, self._path, self._version
+            request.path = self._path.partition(b"?")[0]
+            request.content = None
+            self.reject(request, error)
+
+    def reject(self, request: GatewayRequest, error: errors.ApiError) -> None:
+        """Answer C{request} now and close the connection, whatever is still unread."""
+        self._rejected = True
+        self.persistent = False
+        self.setRawMode()
+        request.setHeader(b"Connection", b"close")
+        errors.respond(request, error)
+
+    def loseConnection(self) -> None:
+        if not self._rejected:
+            return super().loseConnection()
+        self._networkProducer.unregisterProducer()
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            return self.transport.loseConnection()
+        lose_write()
+        self._lingering = self.callLater(LINGER_SECONDS, self.transport.abortConnection)
+        return None
+
+    def connectionLost(self, reason) -> None:
+        lingering = getattr(self, "_lingering", None)
+        if lingering is not None and lingering.active():
+            lingering.cancel()
+        super().connectionLost(reason)
+
+    # Once answered early, nothing the client still sends is parsed.
+    def lineReceived(self, line: bytes) -> None:
+        if not self._rejected:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._rejected:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if not self._rejected:
+            super().allContentReceived()

@@ -1,0 +1,245 @@
+"""The JSON config file: read, validated and frozen once at startup (SPEC §1).
+
+Everything an operator can get wrong is caught here, with a L{ConfigError}
+naming the place (``models.gpt-4o.url``), so that a bad config stops startup
+with one line instead of failing on the first request.  The result is a tree of
+frozen attrs objects; nothing downstream re-validates or re-computes it.
+"""
+
+import json
+import os
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+import attrs
+
+from llmhop import secrets
+from llmhop.errors import ConfigError
+
+DEFAULT_LISTEN = ":8080"
+DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
+
+# Endpoint types whose strings would otherwise look like the Go "HOST:PORT" form.
+_ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "le", "lets", "onion"}
+_GO_LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]/]*):(?P<port>\d{1,5})")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers whose value is framing or connection management, owned by the proxy.
+_UNSETTABLE = {
+    "connection",
+    "content-length",
+    "expect",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+
+
+@attrs.frozen
+class Timeouts:
+    """Seconds; see the README's config reference for what each bounds."""
+
+    connect: float = 10.0
+    # A non-streamed completion of a long answer sends no headers until it is done.
+    response: float = 600.0
+    idle: float = 60.0
+    shutdown: float = 30.0
+
+
+@attrs.frozen
+class ModelConfig:
+    name: str
+    url: str
+    # Values may hold API keys: keep them out of reprs, which land in logs.
+    headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), repr=False)
+
+
+@attrs.frozen
+class Config:
+    listen: str  # a Twisted server endpoint description
+    models: Mapping[str, ModelConfig]
+    auth_tokens: Tuple[str, ...] = attrs.field(default=(), repr=False)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    timeouts: Timeouts = Timeouts()
+
+
+def load(path: str, environ: Optional[Mapping[str, str]] = None, resolve: bool = True) -> Config:
+    """Read and validate the config file at C{path}.
+
+    @param resolve: expand secret references; C{False} checks only the
+        structure (for build-time checks where secrets are not available).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError("", "cannot read config file %s: %s" % (path, e.strerror)) from None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError("", "config file %s is not valid JSON: %s" % (path, e)) from None
+    return parse(data, os.environ if environ is None else environ, resolve)
+
+
+def parse(
+    data: Any,
+    environ: Mapping[str, str],
+    resolve: bool = True,
+    cwd: Optional[str] = None,
+) -> Config:
+    """Validate the decoded JSON document C{data}."""
+    top = _object(data, "")
+    _known(
+        top,
+        "",
+        {"listen", "authTokens", "maxBodyBytes", "models", "timeouts"},
+    )
+
+    def secret(value: str, place: str) -> str:
+        return secrets.expand(value, place, environ, cwd) if resolve else value
+
+    return Config(
+        listen=listen_endpoint(_string(top.get("listen", DEFAULT_LISTEN), "listen")),
+        models=_models(top.get("models"), secret),
+        auth_tokens=_tokens(top.get("authTokens", []), secret),
+        max_body_bytes=_positive_int(top.get("maxBodyBytes", DEFAULT_MAX_BODY_BYTES), "maxBodyBytes"),
+        timeouts=_timeouts(top.get("timeouts", {})),
+    )
+
+
+def listen_endpoint(listen: str) -> str:
+    """Turn C{listen} into a Twisted server endpoint description.
+
+    The Go original's C{HOST:PORT}, C{:PORT} and C{[V6]:PORT} forms are
+    translated; anything else must already be an endpoint string.
+    """
+    match = _GO_LISTEN.fullmatch(listen)
+    if match is not None and match.group("host") not in _ENDPOINT_TYPES:
+        host, port = match.group("host"), int(match.group("port"))
+        if port > 65535:
+            raise ConfigError("listen", "port %d is out of range" % (port,))
+        if not host:
+            return "tcp:%d" % (port,)
+        if host.startswith("["):
+            return "tcp6:%d:interface=%s" % (port, host[1:-1].replace(":", "\\:"))
+        return "tcp:%d:interface=%s" % (port, host)
+    kind, sep, _ = listen.partition(":")
+    if not sep or not kind.isalnum():
+        raise ConfigError(
+            "listen",
+            "expected HOST:PORT, :PORT, [V6]:PORT or a Twisted endpoint such as tcp:8080 or unix:/run/llmhop.sock",
+        )
+    return listen
+
+
+def _models(value: Any, secret) -> Dict[str, ModelConfig]:
+    models = _object(value, "models", required=True)
+    if not models:
+        raise ConfigError("models", "at least one model is required")
+    return {name: _model(name, spec, secret) for name, spec in models.items()}
+
+
+def _model(name: str, value: Any, secret) -> ModelConfig:
+    place = "models.%s" % (name,)
+    if not name:
+        raise ConfigError(place, "model names must not be empty")
+    spec = _object(value, place)
+    _known(spec, place, {"url", "headers"})
+    headers = _object(spec.get("headers", {}), place + ".headers")
+    return ModelConfig(
+        name=name,
+        url=_url(spec.get("url"), place + ".url"),
+        headers=tuple(
+            _header(header, value, "%s.headers.%s" % (place, header), secret)
+            for header, value in headers.items()
+        ),
+    )
+
+
+def _url(value: Any, place: str) -> str:
+    url = _string(value, place, required=True)
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as e:
+        raise ConfigError(place, "invalid URL: %s" % (e,)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(place, "not an absolute http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(place, "credentials in the URL are not supported; set an Authorization header instead")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(place, "a backend URL takes no query or fragment")
+    if not url.isascii() or any(c.isspace() for c in url):
+        raise ConfigError(place, "the URL must be ASCII without spaces (use punycode and percent-encoding)")
+    return "%s://%s%s" % (parts.scheme, parts.netloc, parts.path.rstrip("/"))
+
+
+def _header(name: str, value: Any, place: str, secret) -> Tuple[str, str]:
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(place, "not a valid HTTP header name")
+    if name.lower() in _UNSETTABLE:
+        raise ConfigError(place, "this header is managed by the proxy and cannot be set")
+    expanded = secret(_string(value, place), place)
+    if any(c in expanded for c in "\r\n\0"):
+        raise ConfigError(place, "header values must not contain CR, LF or NUL")
+    return name, expanded
+
+
+def _tokens(value: Any, secret) -> Tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("authTokens", "expected a list of strings")
+    tokens = []
+    for index, item in enumerate(value):
+        place = "authTokens[%d]" % (index,)
+        token = secret(_string(item, place), place)
+        if not token.strip():
+            raise ConfigError(place, "an empty token would let anyone in")
+        if any(c.isspace() for c in token) or not token.isascii():
+            raise ConfigError(place, "a bearer token must be ASCII without spaces")
+        tokens.append(token)
+    return tuple(tokens)
+
+
+def _timeouts(value: Any) -> Timeouts:
+    spec = _object(value, "timeouts")
+    _known(spec, "timeouts", {field.name for field in attrs.fields(Timeouts)})
+    return Timeouts(**{k: _positive_number(v, "timeouts." + k) for k, v in spec.items()})
+
+
+def _known(spec: Mapping[str, Any], place: str, keys: set) -> None:
+    for key in spec:
+        if key not in keys:
+            where = "%s.%s" % (place, key) if place else key
+            raise ConfigError(where, "unknown key (expected one of: %s)" % (", ".join(sorted(keys)),))
+
+
+def _object(value: Any, place: str, required: bool = False) -> Dict[str, Any]:
+    if value is None and required:
+        raise ConfigError(place, "required")
+    if not isinstance(value, dict):
+        raise ConfigError(place, "expected an object")
+    return value
+
+
+def _string(value: Any, place: str, required: bool = False) -> str:
+    if value is None and required:
+        raise ConfigError(place, "required")
+    if not isinstance(value, str):
+        raise ConfigError(place, "expected a string")
+    return value
+
+
+def _positive_int(value: Any, place: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(place, "expected a positive integer")
+    return value
+
+
+def _positive_number(value: Any, place: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(place, "expected a positive number of seconds")
+    if value == float("inf"):
+        raise ConfigError(place, "expected a finite number of seconds")
+    return float(value)

@@ -1,0 +1,139 @@
+"""Every error llmhop itself produces, in one place.
+
+Request errors are answered in OpenAI's shape so that SDKs show a useful
+message: ``{"error": {"message", "type", "param", "code"}}``.  Config errors
+carry the place in the config file they are about, so startup can fail with a
+single line such as ``models.gpt-4o.url: not an http(s) URL``.
+"""
+
+import json
+from typing import Optional, Tuple
+
+import attrs
+
+
+class ConfigError(Exception):
+    """The config file is wrong at C{place}; C{str()} is the one line to show."""
+
+    def __init__(self, place: str, message: str) -> None:
+        super().__init__(place, message)
+        self.place = place
+        self.message = message
+
+    def __str__(self) -> str:
+        return "%s: %s" % (self.place, self.message) if self.place else self.message
+
+
+@attrs.frozen
+class ApiError:
+    """An error response llmhop answers itself, without a backend."""
+
+    status: int
+    message: str
+    type: str
+    code: str
+    param: Optional[str] = None
+    headers: Tuple[Tuple[bytes, bytes], ...] = ()
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return json.dumps({"error": error}).encode("ascii")
+
+
+def bad_request(message: str, param: Optional[str] = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", "invalid_request", param)
+
+
+def model_missing(message: str) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", "model_required", "model")
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        "The model %s does not exist or is not served here." % (json.dumps(model),),
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+
+
+def not_found(path: str) -> ApiError:
+    return ApiError(404, "No route for %s." % (path,), "invalid_request_error", "not_found")
+
+
+def method_not_allowed(allowed: bytes) -> ApiError:
+    return ApiError(
+        405,
+        "Method not allowed here; use %s." % (allowed.decode("ascii"),),
+        "invalid_request_error",
+        "method_not_allowed",
+        headers=((b"Allow", allowed),),
+    )
+
+
+def unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "Missing or invalid bearer token in the Authorization header.",
+        "invalid_request_error",
+        "invalid_api_key",
+        headers=((b"WWW-Authenticate", b"Bearer"),),
+    )
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "Request body is larger than the %d bytes this gateway accepts." % (limit,),
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+def unsupported_encoding() -> ApiError:
+    return ApiError(
+        415,
+        "Compressed request bodies are not supported; send the body uncompressed.",
+        "invalid_request_error",
+        "unsupported_content_encoding",
+    )
+
+
+def upstream_unreachable(model: str) -> ApiError:
+    return ApiError(
+        502,
+        "The backend for model %s could not be reached." % (json.dumps(model),),
+        "api_error",
+        "upstream_unreachable",
+    )
+
+
+def upstream_bad_response(model: str) -> ApiError:
+    return ApiError(
+        502,
+        "The backend for model %s sent an invalid response." % (json.dumps(model),),
+        "api_error",
+        "upstream_bad_response",
+    )
+
+
+def upstream_timeout(model: str) -> ApiError:
+    return ApiError(
+        504,
+        "The backend for model %s did not answer in time." % (json.dumps(model),),
+        "api_error",
+        "upstream_timeout",
+    )
+
+
+def respond(request, error: ApiError) -> None:
+    """Answer C{request} with C{error} and finish it."""
+    body = error.body()
+    request.setResponseCode(error.status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    for name, value in error.headers:
+        request.setHeader(name, value)
+    request.write(body)
+    request.finish()

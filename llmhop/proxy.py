@@ -1,0 +1,282 @@
+"""Forwarding one request to its backend and relaying the answer (SPEC §2.5–§2.7).
+
+The answer is relayed as it arrives: status and headers as soon as the backend
+sends them, each body chunk as soon as it is read, so server-sent events reach
+the client without added delay.  Backpressure runs from the client socket to
+the backend socket: the client's connection pauses the backend response's
+transport when its write buffer fills, so a slow reader holds a bounded amount
+of memory here.  A client that leaves cancels the backend request at once
+(before headers: the request Deferred; after: the response's transport), which
+closes the backend connection so the inference server stops generating.
+"""
+
+from typing import Optional
+
+import attrs
+from twisted.internet import defer, error as neterror
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from llmhop import errors
+from llmhop.routing import Backend
+
+_log = Logger()
+
+# RFC 9110 §7.6.1: hop-by-hop fields are for one connection only.  Host and
+# Content-Length are recomputed for the backend connection; Expect was dealt
+# with here; Authorization (when llmhop checks tokens) is the gateway's
+# credential, not the backend's.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host"}
+
+
+def _connection_tokens(headers: Headers) -> frozenset:
+    values = headers.getRawHeaders(b"connection") or ()
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def _hop_by_hop(name: bytes, named: frozenset) -> bool:
+    return name in _HOP_BY_HOP or name in named or name.startswith(b"proxy-")
+
+
+def upstream_headers(request, backend: Backend, strip_authorization: bool) -> Headers:
+    """The headers to send to C{backend} for the client's C{request}."""
+    incoming = request.requestHeaders
+    named = _connection_tokens(incoming)
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in backend.replaced:
+            continue
+        if strip_authorization and lower == b"authorization":
+            continue
+        out.setRawHeaders(name, values)
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    if host is not None:
+        chain = incoming.getRawHeaders(b"x-forwarded-for")
+        ip = host.encode("ascii")
+        out.setRawHeaders(b"X-Forwarded-For", [b", ".join(chain + [ip]) if chain else ip])
+    out.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+    client_host = incoming.getRawHeaders(b"host")
+    if client_host:
+        out.setRawHeaders(b"X-Forwarded-Host", client_host[:1])
+    for name, value in backend.headers:
+        out.setRawHeaders(name, [value])
+    return out
+
+
+@implementer(IBodyProducer)
+@attrs.define
+class BodyProducer:
+    """The buffered request body, written in one piece: it is already in memory."""
+
+    body: bytes
+    length: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.length = len(self.body)
+
+    def startProducing(self, consumer):
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@attrs.define
+class Upstream:
+    """What every forwarded request shares: the agent and the timeouts."""
+
+    agent: object
+    reactor: object
+    response_timeout: float
+    strip_authorization: bool
+
+    def forward(self, request, backend: Backend) -> None:
+        headers = upstream_headers(request, backend, self.strip_authorization)
+        body = BodyProducer(request.body) if request.body or request.method not in (b"GET", b"HEAD") else None
+        exchange = Exchange(request, backend.model)
+        pending = defer.maybeDeferred(
+            self.agent.request, request.method, backend.url_for(request.uri), headers, body
+        )
+        exchange.start(pending, self.reactor.callLater(self.response_timeout, exchange.timed_out))
+
+
+@implementer(IPushProducer)
+@attrs.define(eq=False)
+class Exchange:
+    """One request forwarded: waits for the backend's headers, then relays the body."""
+
+    request: object
+    model: str
+    _pending: Optional[defer.Deferred] = None
+    _timer: object = None
+    _body: Optional["_Relay"] = None
+    _timed_out: bool = False
+    _client_gone: bool = False
+
+    def start(self, pending: defer.Deferred, timer) -> None:
+        self._pending, self._timer = pending, timer
+        self.request.notifyFinish().addErrback(self._client_left)
+        pending.addCallbacks(self._got_response, self._failed)
+
+    def timed_out(self) -> None:
+        self._timed_out = True
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._pending = self._timer = None
+
+    def _client_left(self, reason: Failure) -> None:
+        self._client_gone = True
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._body is not None:
+            self._body.stop()
+
+    def _failed(self, reason: Failure) -> None:
+        self._stop_timer()
+        if self._client_gone:
+            return
+        self.request.outcome = "upstream-" + _failure_kind(reason, self._timed_out)
+        errors.respond(self.request, _failure_error(reason, self._timed_out, self.model))
+        _log.info(
+            "backend for model {model} failed: {why}",
+            model=self.model,
+            why=_describe(reason),
+        )
+
+    def _got_response(self, response) -> None:
+        self._stop_timer()
+        relay = _Relay(self)
+        if self._client_gone:
+            relay.discard = True
+        else:
+            self._send_head(response)
+            self._body = relay
+        response.deliverBody(relay)
+
+    def _send_head(self, response) -> None:
+        request = self.request
+        request.setResponseCode(response.code, response.phrase)
+        named = _connection_tokens(response.headers)
+        out = request.responseHeaders
+        for name, values in response.headers.getAllRawHeaders():
+            if not _hop_by_hop(name.lower(), named):
+                out.setRawHeaders(name, values)
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
+
+    def body_finished(self, reason: Failure) -> None:
+        request = self.request
+        self._body = None
+        if self._client_gone:
+            return
+        request.unregisterProducer()
+        if reason.check(ResponseDone, http.PotentialDataLoss):
+            request.finish()
+            return
+        # The backend died mid-response.  Finishing would tell the client the
+        # answer was complete; only an aborted connection says it was not.
+        request.outcome = "upstream-died"
+        _log.info("backend for model {model} died mid-response: {why}", model=self.model, why=_describe(reason))
+        request.channel.transport.abortConnection()
+
+    # IPushProducer on behalf of the backend response, registered with the
+    # client's request: the client connection pauses and resumes the backend.
+    def pauseProducing(self) -> None:
+        if self._body is not None:
+            self._body.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._body is not None:
+            self._body.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self._body is not None:
+            self._body.stop()
+
+
+class _Relay(Protocol):
+    """Receives the backend's response body and writes it to the client."""
+
+    discard = False
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+
+    def connectionMade(self) -> None:
+        if self.discard:
+            self.transport.stopProducing()
+        else:
+            self.exchange.request.registerProducer(self.exchange, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.discard:
+            self.exchange.request.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.discard:
+            self.exchange.body_finished(reason)
+
+    def stop(self) -> None:
+        self.discard = True
+        self.transport.stopProducing()
+
+
+def _failure_kind(reason: Failure, timed_out: bool) -> str:
+    """Why the backend gave no response head: timeout, tls, refused or bad-response."""
+    inner = _inner(reason)
+    if timed_out or any(f.check(neterror.TimeoutError) for f in inner):
+        return "timeout"
+    if any(f.type.__module__.startswith("OpenSSL") for f in inner):
+        return "tls"
+    if reason.check(ResponseFailed):
+        return "bad-response"
+    return "refused"
+
+
+def _failure_error(reason: Failure, timed_out: bool, model: str) -> errors.ApiError:
+    kind = _failure_kind(reason, timed_out)
+    if kind == "timeout":
+        return errors.upstream_timeout(model)
+    if kind == "bad-response":
+        return errors.upstream_bad_response(model)
+    return errors.upstream_unreachable(model)
+
+
+def _inner(reason: Failure):
+    """The failures a ResponseNeverReceived/RequestTransmissionFailed wraps."""
+    return getattr(reason.value, "reasons", None) or [reason]
+
+
+def _describe(reason: Failure) -> str:
+    return "; ".join("%s: %s" % (f.type.__name__, f.getErrorMessage()) for f in _inner(reason))

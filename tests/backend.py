@@ -1,0 +1,174 @@
+"""A scripted OpenAI-compatible backend for the tests.
+
+The request body says what to do: ``{"model": ..., "script": {"kind": ...}}``
+(the OpenAI SDK sends it with ``extra_body``).  Kinds:
+
+- ``echo`` (default): answer 200 with what arrived (method, uri, headers,
+  sha256 and length of the body), as JSON;
+- ``sse``: ``n`` server-sent events ``interval`` seconds apart, each carrying
+  the time it was sent;
+- ``big``: ``size`` bytes of response body, written as fast as the client
+  reads them, counting what the transport accepted (for backpressure tests);
+- ``die``: send headers and ``n`` events, then abort the connection;
+- ``hang``: never answer; ``hang_mid``: send headers and one event, then hang;
+- ``status``: answer with ``code`` and a small JSON body.
+
+Every request carrying ``X-Test-Id`` is recorded, with the time its
+connection was lost; ``GET /_events/<id>`` returns that record, so a test can
+tell whether (and when) the router let go of the backend.
+
+Run as a program (``python -m tests.backend``) it listens on 127.0.0.1 at an
+ephemeral port and prints ``PORT <n>``.
+"""
+
+import hashlib
+import json
+import sys
+import time
+
+from twisted.internet import reactor as default_reactor
+from twisted.internet.interfaces import IPushProducer
+from twisted.web import resource, server
+from zope.interface import implementer
+
+
+class Backend(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, reactor=default_reactor):
+        super().__init__()
+        self.reactor = reactor
+        self.events = {}
+
+    def render(self, request):
+        if request.path.startswith(b"/_events/"):
+            record = self.events.get(request.path[len(b"/_events/") :].decode())
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(record).encode()
+        body = request.content.read()
+        try:
+            script = json.loads(body).get("script") or {}
+        except (ValueError, AttributeError):
+            script = {}
+        self._record(request)
+        kind = script.get("kind", "echo")
+        return getattr(self, "_" + kind)(request, body, script)
+
+    def _record(self, request):
+        test_id = request.getHeader(b"x-test-id")
+        if test_id is None:
+            return
+        record = self.events[test_id.decode()] = {"received": time.time(), "lost": None}
+
+        def lost(_):
+            record["lost"] = time.time()
+
+        request.notifyFinish().addBoth(lost)
+
+    def _echo(self, request, body, script):
+        request.setHeader(b"content-type", b"application/json")
+        for name, value in script.get("headers", {}).items():
+            request.setHeader(name.encode(), value.encode())
+        return json.dumps(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "headers": [
+                    [name.decode(), value.decode("latin-1")]
+                    for name, values in request.requestHeaders.getAllRawHeaders()
+                    for value in values
+                ],
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "length": len(body),
+            }
+        ).encode()
+
+    def _status(self, request, body, script):
+        request.setResponseCode(script.get("code", 500))
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"scripted": script.get("code", 500)}).encode()
+
+    def _sse(self, request, body, script, then=None):
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        count, interval = script.get("n", 5), script.get("interval", 0.1)
+        calls = []
+
+        def send(i):
+            if request._disconnected:
+                return
+            if i == count:
+                if then is None:
+                    request.write(b"data: [DONE]\n\n")
+                    request.finish()
+                else:
+                    then()
+                return
+            event = {"i": i, "sent": time.time(), "choices": [{"delta": {"content": "tok%d " % i}}]}
+            request.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            calls.append(self.reactor.callLater(interval, send, i + 1))
+
+        request.notifyFinish().addErrback(lambda _: [c.cancel() for c in calls if c.active()])
+        send(0)
+        return server.NOT_DONE_YET
+
+    def _die(self, request, body, script):
+        return self._sse(request, body, script, then=request.transport.abortConnection)
+
+    def _hang(self, request, body, script):
+        return server.NOT_DONE_YET
+
+    def _hang_mid(self, request, body, script):
+        return self._sse(request, body, dict(script, n=1), then=lambda: None)
+
+    def _big(self, request, body, script):
+        request.setHeader(b"content-type", b"application/octet-stream")
+        producer = _Filler(request, script.get("size", 1 << 20), self.events.get(request.getHeader(b"x-test-id").decode()))
+        request.registerProducer(producer, True)
+        producer.resumeProducing()
+        return server.NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class _Filler:
+    """Writes C{size} bytes while the consumer wants them, recording how many."""
+
+    CHUNK = b"x" * 65536
+
+    def __init__(self, request, size, record):
+        self.request, self.left, self.record = request, size, record
+        self.paused = False
+        self.record["written"] = 0
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.left > 0 and not self.request._disconnected:
+            chunk = self.CHUNK[: self.left]
+            self.left -= len(chunk)
+            self.record["written"] += len(chunk)
+            self.request.write(chunk)
+        if self.left == 0 and not self.request._disconnected:
+            self.request.unregisterProducer()
+            self.request.finish()
+            self.left = -1
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def stopProducing(self):
+        self.left = -1
+
+
+def site(reactor=default_reactor):
+    return server.Site(Backend(reactor))
+
+
+def main():
+    port = default_reactor.listenTCP(0, site(), interface="127.0.0.1")
+    sys.stdout.write("PORT %d\n" % (port.getHost().port,))
+    sys.stdout.flush()
+    default_reactor.run()
+
+
+if __name__ == "__main__":
+    main()

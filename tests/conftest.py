@@ -1,0 +1,87 @@
+"""Shared fixtures: a scripted backend and a router, both on real 127.0.0.1 sockets.
+
+In-process fixtures run in pytest-twisted's reactor; blocking clients (raw
+sockets) run in a thread via C{deferToThread} so the reactor keeps serving.
+"""
+
+import json
+import socket
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from llmhop import config as configlib
+from llmhop.service import build_site
+from tests import backend as backendlib
+
+
+@pytest.fixture
+def backend():
+    scripted = backendlib.Backend(reactor)
+    from twisted.web import server
+
+    port = reactor.listenTCP(0, server.Site(scripted), interface="127.0.0.1")
+    scripted.url = "http://127.0.0.1:%d" % (port.getHost().port,)
+    scripted.port = port.getHost().port
+    yield scripted
+    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+
+
+class Router:
+    def __init__(self, site, port):
+        self.site, self._port = site, port
+        self.port = port.getHost().port
+        self.url = "http://127.0.0.1:%d" % (self.port,)
+
+    def close(self):
+        pytest_twisted.blockon(defer.maybeDeferred(self._port.stopListening))
+        pytest_twisted.blockon(self.site.pool.closeCachedConnections())
+
+
+@pytest.fixture
+def make_router():
+    routers = []
+
+    def make(settings, environ=None):
+        config = configlib.parse(json.loads(json.dumps(settings)), environ or {})
+        site = build_site(config, reactor)
+        router = Router(site, reactor.listenTCP(0, site, interface="127.0.0.1"))
+        routers.append(router)
+        return router
+
+    yield make
+    for router in routers:
+        router.close()
+
+
+@pytest.fixture
+def router(make_router, backend):
+    """A router with the scripted backend as model "m" (and "other" at a dead port)."""
+    return make_router({"models": {"m": {"url": backend.url}, "other": {"url": dead_url()}}})
+
+
+def dead_url():
+    """An http URL at which nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return "http://127.0.0.1:%d" % (s.getsockname()[1],)
+
+
+def wait_for(predicate, timeout=5.0, interval=0.01):
+    """A Deferred firing with C{predicate()}'s first true value, or failing at the deadline."""
+    deadline = time.monotonic() + timeout
+    result = defer.Deferred()
+
+    def check():
+        value = predicate()
+        if value:
+            result.callback(value)
+        elif time.monotonic() > deadline:
+            result.errback(AssertionError("condition not met within %ss" % (timeout,)))
+        else:
+            reactor.callLater(interval, check)
+
+    check()
+    return result
