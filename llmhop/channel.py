@@ -119,13 +119,14 @@ class GatewayChannel(http.HTTPChannel):
             # Only now may the stock code send "100 Continue".
             super().allHeadersReceived()
         else:
-            request.method, request.uri, request.clientproto = self._command, self._path, self._version
-            request.path = self._path.partition(b"?")[0]
             request.content = None
             self.reject(request, error)
 
     def reject(self, request: GatewayRequest, error: errors.ApiError) -> None:
-        """Answer C{request} now and close the connection, whatever is still unread."""
+        """Answer C{request} (whose body is not all in) now, and close the connection."""
+        # The request line is the channel's until the body is complete.
+        request.method, request.uri, request.clientproto = self._command, self._path, self._version
+        request.path = self._path.partition(b"?")[0]
         self._rejected = True
         self.persistent = False
         self.setRawMode()

@@ -37,6 +37,39 @@ def read_response(sock, timeout=5.0):
     return head + b"\r\n\r\n" + body
 
 
+def exchange_until_closed(port, data, timeout=5.0):
+    """Send C{data}; read until the server closes the connection, however it does."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_all(sock, timeout)
+
+
+def read_response_body_after_head(sock, head, timeout=5.0):
+    """The rest of a chunked response whose C{head} (and maybe more) was read."""
+    rest = head.partition(b"\r\n\r\n")[2]
+    return dechunk(rest + read_all_until(sock, b"0\r\n\r\n", rest, timeout))
+
+
+def read_all_until(sock, ending, already, timeout):
+    chunks, tail = [], already[-len(ending) :]
+    while not tail.endswith(ending):
+        chunk = _recv(sock, timeout)
+        chunks.append(chunk)
+        tail = (tail + chunk)[-len(ending) :]
+    return b"".join(chunks)
+
+
+def dechunk(data):
+    out, pos = [], 0
+    while True:
+        line_end = data.index(b"\r\n", pos)
+        size = int(data[pos:line_end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[line_end + 2 : line_end + 2 + size])
+        pos = line_end + 2 + size + 2
+
+
 def _recv(sock, timeout):
     sock.settimeout(timeout)
     chunk = sock.recv(65536)
