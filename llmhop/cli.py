@@ -5,6 +5,7 @@ import sys
 from typing import List, Optional
 
 from llmhop import __version__
+from llmhop.config import load_or_exit
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -34,18 +35,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    # Imported late so that --help and --version stay fast.
-    from llmhop.service import GatewayService, load_or_exit
-
     config = load_or_exit(args.config, resolve=not (args.check and args.no_secrets))
     if args.check:
         print("llmhop: %s: config OK (%d models)" % (args.config, len(config.models)))
         return 0
 
+    # Imported late so that --check stays fast: packagers run it at build time.
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    from llmhop.service import GatewayService
+
     gateway = GatewayService(config, reactor)
     gateway.privilegedStartService()
     reactor.callWhenRunning(gateway.startService)

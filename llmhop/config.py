@@ -9,6 +9,7 @@ frozen attrs objects; nothing downstream re-validates or re-computes it.
 import json
 import os
 import re
+import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -81,6 +82,15 @@ def load(path: str, environ: Optional[Mapping[str, str]] = None, resolve: bool =
     except ValueError as e:
         raise ConfigError("", "config file %s is not valid JSON: %s" % (path, e)) from None
     return parse(data, os.environ if environ is None else environ, resolve)
+
+
+def load_or_exit(path: str, resolve: bool = True) -> Config:
+    """Load the config, or print its one-line error and exit 1: no traceback."""
+    try:
+        return load(path, resolve=resolve)
+    except ConfigError as e:
+        sys.stderr.write("llmhop: config error: %s\n" % (e,))
+        raise SystemExit(1) from None
 
 
 def parse(

@@ -9,7 +9,6 @@ period and then cuts off whatever is left.
 
 import os
 import socket
-import sys
 from typing import Mapping, Optional, Set
 
 from twisted.application import service
@@ -24,7 +23,6 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from llmhop import config as configlib
 from llmhop.auth import Authenticator
 from llmhop.channel import GatewayChannel, GatewayRequest
-from llmhop.errors import ConfigError
 from llmhop.gateway import Gateway
 from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
@@ -117,8 +115,13 @@ class GatewayService(service.Service):
         service.Service.privilegedStartService(self)
         try:
             endpoint = serverFromString(self.reactor, self.config.listen)
+        except (IndexError, KeyError) as e:
+            # The systemd parser looks the inherited socket up at parse time.
+            self._listening = defer.fail(
+                ValueError("systemd passed no socket for %s (%s)" % (self.config.listen, e))
+            )
         except Exception as e:
-            self._listening = defer.fail(ValueError("listen: %s" % (e,)))
+            self._listening = defer.fail(ValueError("%s: %s" % (self.config.listen, e)))
         else:
             self._listening = endpoint.listen(self.site)
         self._listening.addCallbacks(self._listened, self._cannot_listen)
@@ -173,15 +176,6 @@ def _describe_address(address) -> str:
     return "unix:%s" % (name.decode("utf-8", "replace") if isinstance(name, bytes) else name,)
 
 
-def load_or_exit(path: str, resolve: bool = True) -> configlib.Config:
-    """Load the config, or print its one-line error and exit 1: no traceback."""
-    try:
-        return configlib.load(path, resolve=resolve)
-    except ConfigError as e:
-        sys.stderr.write("llmhop: config error: %s\n" % (e,))
-        raise SystemExit(1) from None
-
-
 class Options(usage.Options):
     """``twistd llmhop`` options."""
 
@@ -197,4 +191,4 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return GatewayService(load_or_exit(options["config"]), reactor)
+    return GatewayService(configlib.load_or_exit(options["config"]), reactor)

@@ -46,6 +46,8 @@ class Backend(resource.Resource):
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(record).encode()
         body = request.content.read()
+        if request.path.endswith(b"/audio/transcriptions"):
+            return self._transcription(request, body)
         try:
             script = json.loads(body).get("script") or {}
         except (ValueError, AttributeError):
@@ -82,6 +84,29 @@ class Backend(resource.Resource):
                 "length": len(body),
             }
         ).encode()
+
+    def _openai(self, request, body, script):
+        """A chat completion as the SDK expects it, answering with the prompt's digest."""
+        document = json.loads(body)
+        text = "sha256:" + hashlib.sha256(body).hexdigest()
+        base = {"id": "chatcmpl-test", "created": 1700000000, "model": document["model"]}
+        if not document.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            return json.dumps(dict(base, object="chat.completion", choices=[choice])).encode()
+        request.setHeader(b"content-type", b"text/event-stream")
+        for piece in (text[:20], text[20:], None):
+            delta = {"content": piece} if piece else {}
+            choice = {"index": 0, "delta": delta, "finish_reason": None if piece else "stop"}
+            event = dict(base, object="chat.completion.chunk", choices=[choice])
+            request.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        return b"data: [DONE]\n\n"
+
+    def _transcription(self, request, body):
+        """Transcribes any upload to the number of bytes that arrived and their digest."""
+        request.setHeader(b"content-type", b"application/json")
+        text = "%d bytes, sha256:%s" % (len(body), hashlib.sha256(body).hexdigest())
+        return json.dumps({"text": text}).encode()
 
     def _status(self, request, body, script):
         request.setResponseCode(script.get("code", 500))

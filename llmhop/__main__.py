@@ -1,0 +1,3 @@
+from llmhop.cli import run
+
+run()

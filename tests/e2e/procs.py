@@ -1,0 +1,136 @@
+"""Real processes for end-to-end tests: the router (``llmhop`` or twistd) and a backend.
+
+Every process is started with its PID kept and is stopped by that PID.  Output
+is collected by reader threads so a chatty process never blocks on a full
+pipe, and waits are on a condition with a deadline, never a bare sleep.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LISTENING = re.compile(r"llmhop listening on (\S+)")
+
+
+def env(**extra):
+    """The environment for a child: this checkout importable, plus C{extra}."""
+    result = dict(os.environ)
+    result["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    result["PYTHONUNBUFFERED"] = "1"
+    for name, value in extra.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = value
+    return result
+
+
+def llmhop_command():
+    """The installed console script when there is one, else the module."""
+    script = os.path.join(os.path.dirname(sys.executable), "llmhop")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "llmhop"]
+
+
+def twistd_command():
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Process:
+    def __init__(self, argv, environ=None, cwd=ROOT, **popen):
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            env=environ or env(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **popen
+        )
+        self.pid = self.proc.pid
+        self.lines = []
+        self._lock = threading.Lock()
+        self._readers = [self._reader(self.proc.stdout), self._reader(self.proc.stderr)]
+
+    def _reader(self, stream):
+        def read():
+            for raw in iter(stream.readline, b""):
+                with self._lock:
+                    self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def output(self):
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern, timeout=15.0):
+        """The first match of C{pattern} in the output, waiting up to C{timeout}."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for line in self.lines:
+                    match = regex.search(line)
+                    if match:
+                        return match
+            if self.proc.poll() is not None and all(not r.is_alive() for r in self._readers):
+                break
+            time.sleep(0.01)
+        raise AssertionError("no line matching %r; output:\n%s" % (pattern, self.output))
+
+    def signal(self, signum):
+        if self.proc.poll() is None:
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout=15.0):
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+
+
+class Router(Process):
+    """C{llmhop --config PATH}, with its listening address read from its log."""
+
+    def __init__(self, config_path, argv=None, **kwargs):
+        super().__init__(argv or llmhop_command() + ["--config", str(config_path)], **kwargs)
+
+    def address(self, timeout=15.0):
+        return self.wait_for_line(LISTENING.pattern, timeout).group(1)
+
+    def url(self):
+        return "http://" + self.address()
+
+    def port(self):
+        return int(self.address().rsplit(":", 1)[1])
+
+
+class BackendProcess(Process):
+    def __init__(self):
+        super().__init__([sys.executable, "-m", "tests.backend"])
+        self.port = int(self.wait_for_line(r"^PORT (\d+)$").group(1))
+        self.url = "http://127.0.0.1:%d" % (self.port,)
+
+
+def write_config(path, settings):
+    path.write_text(json.dumps(settings))
+    return path

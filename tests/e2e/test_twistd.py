@@ -1,0 +1,123 @@
+"""``twistd llmhop``: the plugin, foreground and daemon mode, and the built wheel."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+from tests.e2e.procs import ROOT, Process, env, twistd_command, write_config
+from tests.e2e.test_cli import get, post_chat
+
+
+def test_twistd_lists_the_plugin():
+    result = subprocess.run(twistd_command() + ["--help"], env=env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert any(line.split()[:1] == ["llmhop"] for line in result.stdout.splitlines()), result.stdout
+
+
+def test_twistd_plugin_help_documents_config():
+    result = subprocess.run(
+        twistd_command() + ["llmhop", "--help"], env=env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert "--config" in result.stdout
+
+
+def test_twistd_foreground_serves_and_stops_on_sigterm(tmp_path, backend_process, processes):
+    config = write_config(
+        tmp_path / "config.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}}
+    )
+    router = Process(twistd_command() + ["-n", "--pidfile=", "llmhop", "--config", str(config)], cwd=str(tmp_path))
+    processes.append(router)
+    address = router.wait_for_line(r"llmhop listening on (\S+)").group(1)
+    port = int(address.rsplit(":", 1)[1])
+    assert get(port)[0] == 200
+    assert post_chat(port)[0] == 200
+    router.wait_for_line(r"POST /v1/chat/completions model=m status=200")
+    router.signal(signal.SIGTERM)
+    # twistd ends by re-raising the signal that stopped it (systemd counts
+    # that as a clean stop); what matters is that it stopped by itself.
+    assert router.wait() in (0, -signal.SIGTERM)
+    assert "Traceback" not in router.output
+
+
+def test_twistd_daemon_with_pidfile_and_logfile(tmp_path, backend_process):
+    config = write_config(
+        tmp_path / "config.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}}
+    )
+    pidfile, logfile = tmp_path / "llmhop.pid", tmp_path / "llmhop.log"
+    result = subprocess.run(
+        twistd_command() + ["--pidfile", str(pidfile), "--logfile", str(logfile), "llmhop", "--config", str(config)],
+        env=env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    try:
+        line = wait_for(lambda: logfile.exists() and "llmhop listening on" in logfile.read_text() and logfile.read_text())
+        port = int(line.split("llmhop listening on ")[1].split()[0].rsplit(":", 1)[1])
+        assert get(port)[0] == 200
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(pid))
+    assert not pidfile.exists()
+
+
+def test_twistd_bad_config_is_one_line(tmp_path):
+    config = write_config(tmp_path / "config.json", {"models": {"m": {"url": "nope"}}})
+    result = subprocess.run(
+        twistd_command() + ["-n", "--pidfile=", "llmhop", "--config", str(config)],
+        env=env(),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "llmhop: config error: models.m.url: not an absolute http:// or https:// URL"
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met within %ss" % (timeout,))
+
+
+def test_wheel_ships_the_plugin_and_the_console_script(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), ROOT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0 and "No module named pip" in result.stderr:
+        pytest.skip("pip is not available for %s" % (sys.executable,))
+    assert result.returncode == 0, result.stderr
+    (wheel,) = glob.glob(str(tmp_path / "llmhop-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/llmhop_plugin.py" in names
+    # Twisted's own namespace must not be shadowed by the wheel.
+    assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
+    assert "llmhop/proxy.py" in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "llmhop = llmhop.cli:run" in entry_points
