@@ -1,0 +1,143 @@
+"""Config loading (SPEC §1): defaults, the listen forms, and the secret references."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from llmhop import config as configlib, secrets
+from llmhop.errors import ConfigError
+
+MODELS = {"m": {"url": "http://127.0.0.1:8000"}}
+
+
+def test_defaults_keep_the_simple_case_simple():
+    config = configlib.parse({"models": MODELS}, {})
+    assert config.listen == "tcp:8080"
+    assert config.auth_tokens == ()
+    assert config.max_body_bytes == 100 * 1024 * 1024
+    assert config.timeouts == configlib.Timeouts(connect=10, response=600, idle=60, shutdown=30)
+    assert config.models["m"].url == "http://127.0.0.1:8000"
+    assert config.models["m"].headers == ()
+
+
+@pytest.mark.parametrize(
+    "listen, endpoint",
+    [
+        (":8080", "tcp:8080"),
+        ("127.0.0.1:8080", "tcp:8080:interface=127.0.0.1"),
+        ("0.0.0.0:80", "tcp:80:interface=0.0.0.0"),
+        ("localhost:8080", "tcp:8080:interface=localhost"),
+        ("[::1]:8080", "tcp6:8080:interface=\\:\\:1"),
+        ("[::]:8080", "tcp6:8080:interface=\\:\\:"),
+        ("tcp:8080", "tcp:8080"),
+        ("tcp6:8080:interface=\\:\\:1", "tcp6:8080:interface=\\:\\:1"),
+        ("unix:/run/llmhop.sock", "unix:/run/llmhop.sock"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ("ssl:443:privateKey=key.pem", "ssl:443:privateKey=key.pem"),
+    ],
+)
+def test_listen_forms(listen, endpoint):
+    assert configlib.parse({"listen": listen, "models": MODELS}, {}).listen == endpoint
+
+
+@pytest.mark.parametrize(
+    "url, kept",
+    [
+        ("http://h", "http://h"),
+        ("http://h/", "http://h"),
+        ("https://api.openai.com", "https://api.openai.com"),
+        ("http://10.0.0.1:30000/prefix/", "http://10.0.0.1:30000/prefix"),
+        ("http://[::1]:8000/a/b", "http://[::1]:8000/a/b"),
+    ],
+)
+def test_backend_urls_keep_their_prefix(url, kept):
+    assert configlib.parse({"models": {"m": {"url": url}}}, {}).models["m"].url == kept
+
+
+def test_secrets_are_not_in_reprs():
+    config = configlib.parse(
+        {"authTokens": ["tok-secret"], "models": {"m": {"url": "http://h", "headers": {"A": "hdr-secret"}}}}, {}
+    )
+    assert "tok-secret" not in repr(config) and "hdr-secret" not in repr(config)
+
+
+ENV = {"KEY": "k1", "OTHER": "o2", "EMPTY": ""}
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("plain", "plain"),
+        ("$KEY", "k1"),
+        ("${KEY}", "k1"),
+        ("${env:KEY}", "k1"),
+        ("Bearer $KEY", "Bearer k1"),
+        ("$KEY-$OTHER", "k1-o2"),
+        ("${KEY}suffix", "k1suffix"),
+        ("$KEYsuffix", None),  # the name runs on: KEYsuffix is unset
+        ("$$KEY", "$KEY"),
+        ("a$$b$$", "a$b$"),
+        ("$$$KEY", "$k1"),
+        ("x${EMPTY}y", "xy"),
+    ],
+)
+def test_environment_references(text, value):
+    if value is None:
+        with pytest.raises(ConfigError, match="KEYsuffix is not set"):
+            secrets.expand(text, "p", ENV)
+    else:
+        assert secrets.expand(text, "p", ENV) == value
+
+
+def test_file_references_relative_to_credentials_directory_or_cwd(tmp_path, monkeypatch):
+    creds, cwd = tmp_path / "creds", tmp_path / "cwd"
+    creds.mkdir()
+    cwd.mkdir()
+    (creds / "token").write_text("from-creds\n")
+    (cwd / "token").write_text("from-cwd\n")
+    monkeypatch.chdir(cwd)
+    assert secrets.expand("${file:token}", "p", {"CREDENTIALS_DIRECTORY": str(creds)}) == "from-creds"
+    assert secrets.expand("${file:token}", "p", {"CREDENTIALS_DIRECTORY": ""}) == "from-cwd"
+    assert secrets.expand("${file:token}", "p", {}) == "from-cwd"
+    assert secrets.expand("a ${file:%s} b" % (creds / "token",), "p", {}) == "a from-creds b"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("$", "does not start a reference"),
+        ("a $ b", "does not start a reference"),
+        ("$1", "does not start a reference"),
+        ("${", "unterminated"),
+        ("${KEY", "unterminated"),
+        ("${}", "bad environment variable name"),
+        ("${env:}", "bad environment variable name"),
+        ("${a-b}", "bad environment variable name"),
+        ("${file:}", "empty path"),
+        ("$UNSET", "UNSET is not set"),
+    ],
+)
+def test_bad_references_are_errors_naming_the_place(text, message):
+    with pytest.raises(ConfigError) as caught:
+        secrets.expand(text, "models.m.headers.X", ENV)
+    assert str(caught.value).startswith("models.m.headers.X: ")
+    assert message in str(caught.value)
+
+
+@given(st.text())
+def test_double_dollar_escapes_any_text(text):
+    assert secrets.expand(text.replace("$", "$$"), "p", {}) == text
+
+
+@given(st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), st.text(), min_size=1))
+def test_every_form_of_an_env_reference_reads_the_variable(environ):
+    for name, value in environ.items():
+        for form in ("${env:%s}", "${%s}", "$%s"):
+            assert secrets.expand("<" + form % (name,) + ">", "p", environ) == "<" + value + ">"
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)))
+def test_any_json_document_is_a_config_or_a_config_error(document):
+    try:
+        configlib.parse(document, {})
+    except ConfigError as e:
+        assert str(e)

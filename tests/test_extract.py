@@ -1,0 +1,108 @@
+"""Model extraction (SPEC §2.4) agrees with what the backend's JSON parser sees."""
+
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from llmhop.extract import ModelError, extract_model
+
+JSON = b"application/json"
+
+
+@pytest.mark.parametrize(
+    "body, model",
+    [
+        (b'{"model": "a"}', "a"),
+        (b'  {"messages": [], "model": "a"}  ', "a"),
+        (b'{"model": "a", "model": "b"}', "b"),
+        (b'{"mo\\u0064el": "esc"}', "esc"),
+        (b'{"model": "caf\\u00e9"}', "caf\u00e9"),
+        (b'{"messages": [{"model": "nested"}], "model": "top"}', "top"),
+        (b'{"model": "top", "x": {"model": "nested"}}', "top"),
+        ('{"model": "ünï"}'.encode(), "ünï"),
+    ],
+)
+def test_json_model(body, model):
+    assert extract_model(body, JSON) == model
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"[]", b'"model"', b"{}", b'{"x": {"model": "nested"}}', b'{"model": 1}', b'{"model": "a"} x', b"[" * 200000],
+)
+def test_json_without_a_usable_model(body):
+    with pytest.raises(ModelError):
+        extract_model(body, JSON)
+
+
+def multipart(parts, boundary=b"XyZ"):
+    body = b"".join(
+        b"--" + boundary + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + value + b"\r\n" for headers, value in parts
+    )
+    return body + b"--" + boundary + b"--\r\n", b"multipart/form-data; boundary=" + boundary
+
+
+def field(name, value, filename=None):
+    disposition = b'Content-Disposition: form-data; name="%s"' % (name,)
+    if filename:
+        disposition += b'; filename="%s"' % (filename,)
+    return [disposition], value
+
+
+def test_multipart_model_field_anywhere_and_last_wins():
+    body, ctype = multipart([field(b"file", b"\x00" * 1000, b"a.wav"), field(b"model", b"whisper-1")])
+    assert extract_model(body, ctype) == "whisper-1"
+    body, ctype = multipart([field(b"model", b"first"), field(b"model", b"last")])
+    assert extract_model(body, ctype) == "last"
+    body, ctype = multipart([field(b"model", b"m")], boundary=b'"quoted boundary"'.strip(b'"'))
+    assert extract_model(body, b'multipart/form-data; boundary="quoted boundary"') == "m"
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [field(b"file", b"x", b"a.wav")],
+        [field(b"model", b"m", b"model.txt")],
+        [field(b"model", b"\xff\xfe")],
+        [field(b"models", b"m")],
+    ],
+)
+def test_multipart_without_a_usable_model(parts):
+    body, ctype = multipart(parts)
+    with pytest.raises(ModelError):
+        extract_model(body, ctype)
+
+
+def test_multipart_without_boundary_or_truncated():
+    with pytest.raises(ModelError):
+        extract_model(b"--x\r\n", b"multipart/form-data")
+    body, ctype = multipart([field(b"model", b"m")])
+    with pytest.raises(ModelError):
+        extract_model(body[: body.index(b"m\r\n")], ctype)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["model", "messages", "x", "mod"]) | st.text(max_size=6), json_values))
+def test_agrees_with_json_loads(document):
+    body = json.dumps(document, ensure_ascii=False).encode()
+    try:
+        model = extract_model(body, JSON)
+    except ModelError:
+        assert not isinstance(document.get("model"), str)
+    else:
+        assert model == json.loads(body)["model"]
+
+
+@given(st.binary(max_size=200), st.sampled_from([JSON, None, b"multipart/form-data; boundary=a", b"text/plain"]))
+def test_never_raises_anything_but_its_own_error(body, ctype):
+    try:
+        extract_model(body, ctype)
+    except ModelError:
+        pass
