@@ -15,6 +15,7 @@ moment: closing at once with unread input makes the kernel send a reset,
 which can destroy the 413/401 before the client reads it.
 """
 
+import re
 import time
 from typing import List, Optional
 
@@ -73,6 +74,10 @@ class GatewayRequest(server.Request):
         self._log_access()
 
     def connectionLost(self, reason) -> None:
+        if self.path is None and self.channel is not None:
+            # Lost before the body was in: the request line is still the channel's.
+            self.method = getattr(self.channel, "_command", self.method)
+            self.path = getattr(self.channel, "_path", b"-").partition(b"?")[0]
         super().connectionLost(reason)
         if not self.outcome:
             self.outcome = "client-gone"
@@ -97,9 +102,12 @@ class GatewayRequest(server.Request):
         )
 
 
+_UNPRINTABLE = re.compile(rb"[^\x21-\x7e]|\\")
+
+
 def _printable(value: bytes) -> str:
     """Log-safe text: a client must not be able to forge log lines."""
-    return value.decode("ascii", "backslashreplace").encode("unicode_escape").decode("ascii")[:512]
+    return _UNPRINTABLE.sub(lambda m: b"\\x%02x" % (m.group()[0],), value[:512]).decode("ascii")
 
 
 class GatewayChannel(http.HTTPChannel):

@@ -18,7 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import server
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 
 from llmhop import config as configlib
 from llmhop.auth import Authenticator
@@ -66,8 +66,15 @@ class GatewaySite(server.Site):
         return self._drained
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Without this, every new backend connection logs two lines (as Synapse found)."""
+
+    noisy = False
+
+
 def build_site(config: configlib.Config, reactor) -> GatewaySite:
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_BACKEND
     agent = Agent(
         reactor,

@@ -174,7 +174,7 @@ def test_multipart_model_field_routes_and_body_is_unchanged(router):
     response, content = yield post(
         router,
         body,
-        path="/v1/audio/transcriptions",
+        path="/v1/images/edits",
         headers={"Content-Type": b"multipart/form-data; boundary=" + boundary},
     )
     assert response.code == 200
@@ -214,3 +214,28 @@ def test_dead_url_helper_points_at_a_closed_port():
     port = int(dead_url().rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@inlineCallbacks
+def test_backend_that_never_accepts_the_connection_is_504(make_router):
+    import socket
+
+    # A listener that never accepts, with its queue full: further SYNs are dropped.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+    try:
+        url = "http://127.0.0.1:%d" % (listener.getsockname()[1],)
+        router = make_router({"models": {"m": {"url": url}}, "timeouts": {"connect": 0.5}})
+        response, content = yield post(router, chat())
+        assert response.code == 504
+        assert json.loads(content)["error"]["code"] == "upstream_timeout"
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()

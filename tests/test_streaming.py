@@ -114,3 +114,31 @@ def test_complete_stream_ends_cleanly(router):
     head, body = rawhttp.split(response)
     assert body.count(b"data: {") == 3
     assert body.endswith(b"0\r\n\r\n")
+
+
+@inlineCallbacks
+def test_client_leaving_during_upload_is_logged_and_not_forwarded(router, backend):
+    from twisted.logger import globalLogPublisher
+
+    lines = []
+
+    def observe(event):
+        if event.get("log_namespace") == "llmhop.access":
+            lines.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Test-Id: upload\r\nContent-Length: 1000\r\n\r\n"
+
+        def send_half():
+            with socket.create_connection(("127.0.0.1", router.port)) as sock:
+                sock.sendall(head + b'{"model": "m", ')
+
+        yield threads.deferToThread(send_half)
+        yield wait_for(lambda: lines)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert (lines[0]["method"], lines[0]["path"]) == ("POST", "/v1/chat/completions")
+    assert lines[0]["outcome"] == " aborted=client-gone"
+    assert lines[0]["status"] == "-"
+    assert "upload" not in backend.events

@@ -121,3 +121,33 @@ def test_wheel_ships_the_plugin_and_the_console_script(tmp_path):
     assert "llmhop/proxy.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "llmhop = llmhop.cli:run" in entry_points
+
+
+def readable_by_others(path):
+    """Whether every directory down to C{path} lets other users in."""
+    while path != os.path.dirname(path):
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        path = os.path.dirname(path)
+    return True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+@pytest.mark.skipif(
+    not readable_by_others(os.path.dirname(os.__file__)),
+    reason="this interpreter's standard library is not readable once privileges are dropped",
+)
+def test_twistd_binds_then_drops_privileges(tmp_path, backend_process, processes):
+    config = write_config(
+        tmp_path / "config.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}}
+    )
+    router = Process(
+        twistd_command() + ["-n", "--pidfile=", "--uid=65534", "--gid=65534", "llmhop", "--config", str(config)],
+        cwd=str(tmp_path),
+    )
+    processes.append(router)
+    port = int(router.wait_for_line(r"llmhop listening on (\S+)").group(1).rsplit(":", 1)[1])
+    assert post_chat(port)[0] == 200
+    status = open("/proc/%d/status" % (router.pid,)).read()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == ["65534"] * 4
