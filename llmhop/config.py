@@ -47,6 +47,10 @@ class Timeouts:
     response: float = 600.0
     idle: float = 60.0
     shutdown: float = 30.0
+    # Idle backend connections are closed before the backend would: uvicorn
+    # (vLLM, sglang) drops them after 5 s, and a POST sent on a connection the
+    # backend is closing fails and cannot be retried safely.
+    keepAlive: float = 4.0
 
 
 @attrs.frozen

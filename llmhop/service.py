@@ -76,6 +76,7 @@ def build_site(config: configlib.Config, reactor) -> GatewaySite:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_BACKEND
+    pool.cachedConnectionTimeout = config.timeouts.keepAlive
     agent = Agent(
         reactor,
         contextFactory=BrowserLikePolicyForHTTPS(),

@@ -13,7 +13,8 @@ The request body says what to do: ``{"model": ..., "script": {"kind": ...}}``
 - ``hang``: never answer; ``hang_mid``: send headers and one event, then hang;
 - ``status``: answer with ``code`` and a small JSON body.
 
-Every request carrying ``X-Test-Id`` is recorded, with the time its
+Every connection is recorded by the client's port (``connections``), with the
+times it was opened and closed.  Every request carrying ``X-Test-Id`` is recorded, with the time its
 connection was lost; ``GET /_events/<id>`` returns that record, so a test can
 tell whether (and when) the router let go of the backend.
 
@@ -39,6 +40,7 @@ class Backend(resource.Resource):
         super().__init__()
         self.reactor = reactor
         self.events = {}
+        self.connections = {}
 
     def render(self, request):
         if request.path.startswith(b"/_events/"):
@@ -82,6 +84,7 @@ class Backend(resource.Resource):
                 ],
                 "sha256": hashlib.sha256(body).hexdigest(),
                 "length": len(body),
+                "client_port": request.getClientAddress().port,
             }
         ).encode()
 
@@ -184,8 +187,24 @@ class _Filler:
         self.left = -1
 
 
+class RecordingSite(server.Site):
+    """Records when each connection opens and closes, by the client's port."""
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        record = self.resource.connections[addr.port] = {"opened": time.time(), "closed": None}
+        lost = protocol.connectionLost
+
+        def connection_lost(reason):
+            record["closed"] = time.time()
+            lost(reason)
+
+        protocol.connectionLost = connection_lost
+        return protocol
+
+
 def site(reactor=default_reactor):
-    return server.Site(Backend(reactor))
+    return RecordingSite(Backend(reactor))
 
 
 def main():

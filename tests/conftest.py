@@ -19,10 +19,9 @@ from tests import backend as backendlib
 
 @pytest.fixture
 def backend():
-    scripted = backendlib.Backend(reactor)
-    from twisted.web import server
-
-    port = reactor.listenTCP(0, server.Site(scripted), interface="127.0.0.1")
+    site = backendlib.site(reactor)
+    scripted = site.resource
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
     scripted.url = "http://127.0.0.1:%d" % (port.getHost().port,)
     scripted.port = port.getHost().port
     yield scripted

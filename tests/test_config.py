@@ -14,7 +14,7 @@ def test_defaults_keep_the_simple_case_simple():
     assert config.listen == "tcp:8080"
     assert config.auth_tokens == ()
     assert config.max_body_bytes == 100 * 1024 * 1024
-    assert config.timeouts == configlib.Timeouts(connect=10, response=600, idle=60, shutdown=30)
+    assert config.timeouts == configlib.Timeouts(connect=10, response=600, idle=60, shutdown=30, keepAlive=4)
     assert config.models["m"].url == "http://127.0.0.1:8000"
     assert config.models["m"].headers == ()
 

@@ -239,3 +239,16 @@ def test_backend_that_never_accepts_the_connection_is_504(make_router):
     finally:
         for sock in fillers + [listener]:
             sock.close()
+
+
+@inlineCallbacks
+def test_backend_connections_are_reused_then_closed_when_idle(make_router, backend):
+    from tests.conftest import wait_for
+
+    router = make_router({"models": {"m": {"url": backend.url}}, "timeouts": {"keepAlive": 0.5}})
+    first = json.loads((yield post(router, chat()))[1])["client_port"]
+    second = json.loads((yield post(router, chat()))[1])["client_port"]
+    assert first == second
+    idle_since = backend.connections[first]["opened"]
+    closed = yield wait_for(lambda: backend.connections[first]["closed"], timeout=3)
+    assert closed - idle_since >= 0.45
