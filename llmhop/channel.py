@@ -17,7 +17,7 @@ which can destroy the 413/401 before the client reads it.
 
 import re
 import time
-from typing import List, Optional
+from typing import Optional
 
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -31,7 +31,12 @@ _access = Logger(namespace="llmhop.access")
 
 
 class GatewayRequest(server.Request):
-    """A request whose body is a list of chunks in memory, joined once."""
+    """A request whose body is collected in memory, in one growing buffer.
+
+    A bytearray grows in place (realloc moves large buffers without copying),
+    so a 100 MiB body never costs one long copy at the end, which would stall
+    every other connection.
+    """
 
     body = b""
     model: Optional[str] = None
@@ -41,30 +46,27 @@ class GatewayRequest(server.Request):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.started = time.monotonic()
-        self._chunks: List[bytes] = []
-        self._received = 0
+        self._buffer: Optional[bytearray] = bytearray()
         self._logged = False
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._chunks is None:
+        if self._buffer is None:
             return  # already answered
-        self._received += len(data)
         limit = self.channel.site.gateway.max_body_bytes
-        if self._received > limit:
-            self._chunks = None
+        if len(self._buffer) + len(data) > limit:
+            self._buffer = None
             self.channel.reject(self, errors.body_too_large(limit))
             return
-        self._chunks.append(data)
+        self._buffer += data
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self.method, self.uri, self.clientproto = command, path, version
         self.path, _, query = path.partition(b"?")
         self.args = http.parse_qs(query, 1) if query else {}
-        self.body = b"".join(self._chunks)
-        self._chunks = []
+        self.body, self._buffer = self._buffer, None
         self._site = self.channel.site
         self._site.request_started(self)
         self.process()

@@ -8,10 +8,25 @@ form parsers that vLLM and the OpenAI-compatible servers use.
 """
 
 import json
+import re
 from email.message import Message
-from typing import Optional
+from typing import Generator, Optional, Tuple
 
 MULTIPART = b"multipart/form-data"
+# Up to this size json.loads takes a few milliseconds: exact and fast enough.
+# Above it, the scanner below keeps the reactor free.
+SMALL_BODY = 256 * 1024
+# Bytes one scanning step may look at before handing the reactor back.
+_SLICE = 1 << 20
+# Strings and brackets one body may make the scanner visit (about a second of
+# CPU); a body needing more is refused rather than routed slowly.
+_STEP_BUDGET = 2_000_000
+
+_WS = re.compile(rb"[ \t\n\r]*")
+_SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
+_OPENERS, _CLOSERS = (b"[", b"{"), (b"]", b"}")
+
+Steps = Generator[None, None, str]
 
 
 class ModelError(ValueError):
@@ -19,17 +34,34 @@ class ModelError(ValueError):
 
 
 def extract_model(body: bytes, content_type: Optional[bytes]) -> str:
+    """The model of C{body}, computed in one go."""
+    steps = model_steps(body, content_type)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def model_steps(body: bytes, content_type: Optional[bytes]) -> Steps:
+    """The model of C{body}, as a generator that yields between bounded steps.
+
+    Run it with C{twisted.internet.task.cooperate} for large bodies so that
+    other connections are served while a 100 MiB body is scanned.
+    """
     if content_type is not None and _media_type(content_type) == MULTIPART:
         return _from_multipart(body, content_type)
-    return _from_json(body)
+    if len(body) <= SMALL_BODY:
+        return _from_small_json(body)
+    return (yield from _from_large_json(body))
 
 
 def _media_type(content_type: bytes) -> bytes:
     return content_type.split(b";", 1)[0].strip().lower()
 
 
-def _from_json(body: bytes) -> str:
-    if not body:
+def _from_small_json(body: bytes) -> str:
+    if not body.strip():
         raise ModelError("The request needs a JSON body with a 'model' field.")
     try:
         document = json.loads(body)
@@ -46,6 +78,171 @@ def _model_value(value, present: bool) -> str:
     if not isinstance(value, str):
         raise ModelError("The 'model' field must be a string.")
     return value
+
+
+def _from_large_json(body: bytes) -> Steps:
+    """Walk the top-level object only, skipping nested values at C speed.
+
+    For a valid document the result is what json.loads gives: the last
+    top-level "model" wins, its key and value are decoded by json.loads
+    itself.  Only the top-level structure is checked: a body that is invalid
+    deeper inside is forwarded, and the backend's own parser refuses it.
+    """
+    scan = _Scan(body)
+    try:
+        return (yield from scan.top_level_model())
+    except IndexError:
+        raise ModelError("The request body is not valid JSON.") from None
+
+
+class _Scan:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.end = len(body)
+        self.steps = 0
+
+    def step(self) -> bool:
+        """Count a step; True when it is time to hand the reactor back."""
+        self.steps += 1
+        if self.steps > _STEP_BUDGET:
+            raise ModelError("The request body has too many JSON values to route; send the model in a simpler body.")
+        return self.steps % 4096 == 0
+
+    def invalid(self) -> ModelError:
+        return ModelError("The request body is not valid JSON.")
+
+    def char(self, pos: int) -> bytes:
+        return self.body[pos : pos + 1]
+
+    def whitespace(self, pos: int) -> Generator[None, None, int]:
+        while True:
+            limit = pos + _SLICE
+            pos = _WS.match(self.body, pos, limit).end()
+            if pos < limit or pos >= self.end:
+                return pos
+            yield
+
+    def top_level_model(self) -> Steps:
+        body = self.body
+        pos = yield from self.whitespace(0)
+        if self.char(pos) != b"{":
+            raise ModelError("The request body must be a JSON object." if pos < self.end else "The request body is not valid JSON.")
+        model: Optional[Tuple[int, int]] = None
+        pos = yield from self.whitespace(pos + 1)
+        if self.char(pos) == b"}":
+            pos += 1
+        else:
+            while True:
+                if self.char(pos) != b'"':
+                    raise self.invalid()
+                key_end = yield from self.string_end(pos)
+                is_model = key_end - pos <= 64 and self.decode(pos, key_end) == "model"
+                pos = yield from self.whitespace(key_end)
+                if self.char(pos) != b":":
+                    raise self.invalid()
+                start = yield from self.whitespace(pos + 1)
+                pos = yield from self.value_end(start)
+                if is_model:
+                    model = (start, pos)
+                pos = yield from self.whitespace(pos)
+                separator = self.char(pos)
+                pos = yield from self.whitespace(pos + 1)
+                if separator == b"}":
+                    break
+                if separator != b",":
+                    raise self.invalid()
+        if (yield from self.whitespace(pos)) != self.end:
+            raise self.invalid()
+        if model is None:
+            raise ModelError("The request body has no 'model' field.")
+        return _model_value(self.decode(*model), True)
+
+    def decode(self, start: int, end: int):
+        try:
+            return json.loads(self.body[start:end])
+        except ValueError:
+            raise self.invalid() from None
+
+    def value_end(self, pos: int) -> Generator[None, None, int]:
+        first = self.char(pos)
+        if first == b'"':
+            return (yield from self.string_end(pos))
+        if first in _OPENERS:
+            return (yield from self.container_end(pos))
+        while True:
+            limit = pos + _SLICE
+            match = _SCALAR_END.search(self.body, pos, limit)
+            if match is not None:
+                return match.start()
+            if limit >= self.end:
+                return self.end
+            pos = limit
+            yield
+
+    def string_end(self, pos: int) -> Generator[None, None, int]:
+        """The index after the string starting with the quote at C{pos}."""
+        body, start, i = self.body, pos + 1, pos + 1
+        while True:
+            quote = body.find(b'"', i, i + _SLICE)
+            if quote < 0:
+                if i + _SLICE >= self.end:
+                    raise self.invalid()
+                i += _SLICE
+                yield
+                continue
+            if _backslashes_before(body, quote, start) % 2 == 0:
+                return quote + 1
+            i = quote + 1
+            if self.step():
+                yield
+
+    def container_end(self, pos: int) -> Generator[None, None, int]:
+        """The index after the array or object opening at C{pos}.
+
+        Between two strings, brackets are counted with bytes.count.  In a
+        valid document nothing opens after the container closes until the
+        next key's quote, so where the count drops to zero the container's
+        end is the last closer that belongs to it.
+        """
+        body, depth, i = self.body, 0, pos
+        while True:
+            quote = body.find(b'"', i, i + _SLICE)
+            stop = quote if quote >= 0 else min(self.end, i + _SLICE)
+            opened = body.count(b"[", i, stop) + body.count(b"{", i, stop)
+            closed = body.count(b"]", i, stop) + body.count(b"}", i, stop)
+            if depth + opened - closed <= 0:
+                return _closer_end(body, i, stop, closed - (depth + opened) + 1)
+            depth += opened - closed
+            if quote >= 0:
+                i = yield from self.string_end(quote)
+                if self.step():
+                    yield
+            elif stop >= self.end:
+                raise self.invalid()
+            else:
+                i = stop
+                yield
+
+
+def _closer_end(body: bytes, lo: int, hi: int, nth_from_last: int) -> int:
+    """The index after the C{nth_from_last} closing bracket in body[lo:hi]."""
+    for _ in range(nth_from_last):
+        hi = max(body.rfind(b"]", lo, hi), body.rfind(b"}", lo, hi))
+        if hi < 0:
+            raise ModelError("The request body is not valid JSON.")
+    return hi + 1
+
+
+def _backslashes_before(body: bytes, quote: int, start: int) -> int:
+    """How many backslashes immediately precede C{body[quote]} (not before C{start})."""
+    width = 64
+    while True:
+        lo = max(start, quote - width)
+        window = body[lo:quote]
+        run = len(window) - len(window.rstrip(b"\\"))
+        if run < len(window) or lo == start:
+            return run
+        width *= 4
 
 
 def _boundary(content_type: bytes) -> bytes:

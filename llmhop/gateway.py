@@ -10,11 +10,13 @@ from typing import Optional
 from urllib.parse import unquote_to_bytes
 
 import attrs
+from twisted.internet import defer
+from twisted.internet.task import TaskStopped, cooperate
 from twisted.web import resource, server
 
 from llmhop import errors
 from llmhop.auth import Authenticator
-from llmhop.extract import ModelError, extract_model
+from llmhop.extract import SMALL_BODY, ModelError, extract_model, model_steps
 from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
 
@@ -75,20 +77,58 @@ class Gateway(resource.Resource):
         encoding = request.getHeader(b"content-encoding")
         if encoding is not None and encoding.strip().lower() != b"identity":
             return self._fail(request, errors.unsupported_encoding())
-        try:
-            model = extract_model(request.body, request.getHeader(b"content-type"))
-        except ModelError as e:
-            return self._fail(request, errors.model_missing(str(e)))
+        body, content_type = request.body, request.getHeader(b"content-type")
+        if len(body) <= SMALL_BODY:
+            try:
+                model = extract_model(body, content_type)
+            except ModelError as e:
+                return self._fail(request, errors.model_missing(str(e)))
+            self._route(request, model)
+            return server.NOT_DONE_YET
+        # A big body is scanned in slices so that other connections are
+        # served meanwhile; a client that leaves stops the scan.
+        found = scan_in_slices(model_steps(body, content_type))
+        found.addCallbacks(lambda model: self._route(request, model), lambda f: self._unroutable(request, f))
+        request.notifyFinish().addErrback(lambda _: found.cancel())
+        return server.NOT_DONE_YET
+
+    def _route(self, request, model: str) -> None:
+        if request._disconnected:
+            return
         request.model = model
         backend = self.routes.lookup(model)
         if backend is None:
-            return self._fail(request, errors.model_not_found(model))
-        self.upstream.forward(request, backend)
-        return server.NOT_DONE_YET
+            self._fail(request, errors.model_not_found(model))
+        else:
+            self.upstream.forward(request, backend)
+
+    def _unroutable(self, request, failure) -> None:
+        if failure.check(defer.CancelledError) or request._disconnected:
+            return
+        failure.trap(ModelError)
+        self._fail(request, errors.model_missing(failure.getErrorMessage()))
 
     def _fail(self, request, error: errors.ApiError) -> object:
         errors.respond(request, error)
         return server.NOT_DONE_YET
+
+
+def scan_in_slices(steps) -> defer.Deferred:
+    """Run an extraction generator with task.cooperate; fire with the model."""
+    found = []
+
+    def drive():
+        found.append((yield from steps))
+
+    task = cooperate(drive())
+    result = defer.Deferred(lambda _: task.stop())
+
+    def failed(failure):
+        if not result.called and not failure.check(TaskStopped):
+            result.errback(failure)
+
+    task.whenDone().addCallbacks(lambda _: result.called or result.callback(found[0]), failed)
+    return result
 
 
 def _model_object(name: str) -> dict:

@@ -84,28 +84,48 @@ def upstream_headers(request, backend: Backend, strip_authorization: bool) -> He
 
 
 @implementer(IBodyProducer)
-@attrs.define
 class BodyProducer:
-    """The buffered request body, written in one piece: it is already in memory."""
+    """The buffered request body, written in slices as the backend connection drains.
 
-    body: bytes
-    length: int = attrs.field(init=False)
+    One write of a 100 MiB body would make the transport copy all of it in
+    one reactor turn; slices bound that work and the memory in flight.
+    """
 
-    def __attrs_post_init__(self) -> None:
-        self.length = len(self.body)
+    SLICE = 256 * 1024
 
-    def startProducing(self, consumer):
-        consumer.write(self.body)
-        return defer.succeed(None)
+    def __init__(self, body) -> None:
+        self._body = memoryview(body)
+        self.length = len(body)
+        self._sent = 0
+        self._paused = False
+        self._consumer = None
+        self._done: Optional[defer.Deferred] = None
+
+    def startProducing(self, consumer) -> defer.Deferred:
+        self._consumer = consumer
+        self._done = done = defer.Deferred()
+        self._write()
+        return done
+
+    def _write(self) -> None:
+        while not self._paused and self._sent < self.length and self._done is not None:
+            piece = bytes(self._body[self._sent : self._sent + self.SLICE])
+            self._sent += len(piece)
+            self._consumer.write(piece)
+        if self._sent >= self.length and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
 
     def pauseProducing(self) -> None:
-        pass
+        self._paused = True
 
     def resumeProducing(self) -> None:
-        pass
+        self._paused = False
+        self._write()
 
     def stopProducing(self) -> None:
-        pass
+        # The request failed mid-upload; the Deferred must not fire.
+        self._done = None
 
 
 @attrs.define

@@ -5,7 +5,7 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from llmhop.extract import ModelError, extract_model
+from llmhop.extract import ModelError, _from_large_json, extract_model
 
 JSON = b"application/json"
 
@@ -106,3 +106,76 @@ def test_never_raises_anything_but_its_own_error(body, ctype):
         extract_model(body, ctype)
     except ModelError:
         pass
+
+
+def scan(body):
+    """The large-body scanner, whatever the body's size."""
+    steps = _from_large_json(body)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+@pytest.mark.parametrize(
+    "body, model",
+    [
+        (b'{"model": "a"}', "a"),
+        (b' \n{ "model" : "a" , "x" : [ ] } \r\n', "a"),
+        (b'{"model": "a", "model": "b"}', "b"),
+        (b'{"mo\\u0064el": "esc", "x": 1}', "esc"),
+        (b'{"messages": [{"model": "nested", "c": "]}\\"[{"}], "model": "top"}', "top"),
+        (b'{"a": [[[[["]]]]"]]]]], "model": "deep-sibling"}', "deep-sibling"),
+        (b'{"a": "\\\\", "model": "after-escaped-backslash"}', "after-escaped-backslash"),
+        (b'{"a": "\\\\\\"", "model": "after-escaped-quote"}', "after-escaped-quote"),
+        (b'{"a": {"b": {}}, "model": "m", "c": {"model": "x"}}', "m"),
+        (b'{"a": 1.5e3, "b": -0, "c": true, "d": null, "e": NaN, "model": "scalars"}', "scalars"),
+        (b'{"model": "x\\ud83d\\ude00"}', "x\U0001f600"),
+        (b'{"x": ' + b"[" * 200000 + b"]" * 200000 + b', "model": "after-deep"}', "after-deep"),
+    ],
+)
+def test_scanner_cases(body, model):
+    assert scan(body) == model == json.loads(body)["model"] if body.count(b"[") < 1000 else scan(body) == model
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"   ", b"[]", b"{", b'{"model": "a"', b'{"model": "a"}}', b'{"model" "a"}', b'{"model": "a",}', b'{"mo\\x": 1}',
+     b'{"model": 1}', b'{"x": "unterminated}', b'{"x": [1, 2}', b'{"model": "a"} []'],
+)
+def test_scanner_refuses(body):
+    with pytest.raises(ModelError):
+        scan(body)
+
+
+separators = st.sampled_from([(", ", ": "), (",", ":"), (" ,\n", " :\t")])
+
+
+@given(
+    st.dictionaries(st.sampled_from(["model", "messages", "x", "mod", "\\", '"']) | st.text(max_size=6), json_values),
+    separators,
+    st.booleans(),
+)
+def test_scanner_agrees_with_json_loads(document, seps, ascii_only):
+    body = json.dumps(document, ensure_ascii=ascii_only, separators=seps).encode()
+    try:
+        model = scan(body)
+    except ModelError:
+        assert not isinstance(document.get("model"), str)
+    else:
+        assert model == document["model"]
+
+
+@given(st.binary(max_size=300))
+def test_scanner_never_raises_anything_but_its_own_error(body):
+    try:
+        scan(b"{" + body)
+    except ModelError:
+        pass
+
+
+def test_scanner_budget_refuses_pathological_bodies():
+    body = b'{"x": [' + b'"a",' * 3_000_000 + b'"a"], "model": "m"}'
+    with pytest.raises(ModelError, match="too many"):
+        scan(body)
