@@ -1,0 +1,60 @@
+"""Helpers for the benchmarks: start the router and backends, measure, stop them.
+
+Everything runs on 127.0.0.1 and is stopped by PID when the benchmark ends.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.e2e.procs import BackendProcess, Router, env, llmhop_command  # noqa: E402
+
+
+def start_router(settings, python=None, argv_prefix=()):
+    """A router process for C{settings}; its config lives in a temporary file."""
+    handle, path = tempfile.mkstemp(prefix="llmhop-bench-", suffix=".json")
+    with os.fdopen(handle, "w") as f:
+        json.dump(settings, f)
+    command = [python, "-m", "llmhop"] if python else llmhop_command()
+    router = Router(path, argv=list(argv_prefix) + command + ["--config", path])
+    router.config_path = path
+    return router
+
+
+def stop_all(*processes):
+    for process in processes:
+        if process is not None:
+            process.stop()
+            path = getattr(process, "config_path", None)
+            if path and os.path.exists(path):
+                os.unlink(path)
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % (pid,)))
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % (pid,)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+__all__ = ["BackendProcess", "env", "start_router", "stop_all", "rss_kib", "fd_count", "cpu_seconds", "percentile"]
