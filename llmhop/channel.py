@@ -26,6 +26,8 @@ from llmhop import errors
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
+# Each this many body bytes received extend the upload deadline by a second.
+BODY_BYTES_PER_SECOND = 64 * 1024
 
 _access = Logger(namespace="llmhop.access")
 
@@ -51,6 +53,10 @@ class GatewayRequest(server.Request):
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None
+
+    def received(self) -> int:
+        """Body bytes received so far."""
+        return len(self._buffer) if self._buffer is not None else len(self.body)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._buffer is None:
@@ -113,19 +119,66 @@ def _printable(value: bytes) -> str:
 
 
 class GatewayChannel(http.HTTPChannel):
+    """Screens headers, and gives each request a deadline for arriving.
+
+    The idle timeout alone would let a client keep a connection forever by
+    sending a byte now and then; the deadline bounds the whole request head,
+    and the body by a minimum average rate.
+    """
+
     _rejected = False
+    _deadline = None
+    _body_started = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._arm(self.site.timeouts.requestHead)
         # Server-sent events are many small writes; Nagle would hold them back.
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
 
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.callLater(seconds, self._deadline_passed)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        request = self.requests[-1] if self.requests else None
+        if request is None or not hasattr(self, "_command"):
+            self.transport.abortConnection()
+            return
+        if self._body_started:
+            # The body may take longer if it keeps arriving at a fair rate.
+            allowed = self.site.timeouts.requestBody + request.received() / BODY_BYTES_PER_SECOND
+            remaining = self._body_started + allowed - self.site.reactor.seconds()
+            if remaining > 0:
+                self._arm(remaining)
+                return
+        request.outcome = "client-too-slow"
+        self.reject(request, errors.request_timeout())
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._rejected:
+            return
+        pending = len(self.requests)
+        super().lineReceived(line)
+        if len(self.requests) > pending and not self._rejected and pending:
+            # A further request on a kept-alive connection gets its own deadline.
+            self._body_started = 0.0
+            self._arm(self.site.timeouts.requestHead)
+
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
         error = self.site.gateway.screen(self._path, request.requestHeaders, self.length)
         if error is None:
+            self._body_started = self.site.reactor.seconds()
+            self._arm(self.site.timeouts.requestBody)
             # Only now may the stock code send "100 Continue".
             super().allHeadersReceived()
         else:
@@ -134,6 +187,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def reject(self, request: GatewayRequest, error: errors.ApiError) -> None:
         """Answer C{request} (whose body is not all in) now, and close the connection."""
+        self._disarm()
         # The request line is the channel's until the body is complete.
         request.method, request.uri, request.clientproto = self._command, self._path, self._version
         request.path = self._path.partition(b"?")[0]
@@ -155,20 +209,18 @@ class GatewayChannel(http.HTTPChannel):
         return None
 
     def connectionLost(self, reason) -> None:
+        self._disarm()
         lingering = getattr(self, "_lingering", None)
         if lingering is not None and lingering.active():
             lingering.cancel()
         super().connectionLost(reason)
 
     # Once answered early, nothing the client still sends is parsed.
-    def lineReceived(self, line: bytes) -> None:
-        if not self._rejected:
-            super().lineReceived(line)
-
     def rawDataReceived(self, data: bytes) -> None:
         if not self._rejected:
             super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
         if not self._rejected:
+            self._disarm()
             super().allContentReceived()

@@ -47,6 +47,14 @@ class Timeouts:
     response: float = 600.0
     idle: float = 60.0
     shutdown: float = 30.0
+    # A client must send its request line and headers within requestHead, and
+    # its body within requestBody plus a second for every 64 KiB: slow clients
+    # (slowloris) cannot hold connections open by trickling bytes.
+    requestHead: float = 10.0
+    requestBody: float = 30.0
+    # The longest silence from a backend in the middle of a response body
+    # (not counting time the client's backpressure held it paused).
+    read: float = 300.0
     # Idle backend connections are closed before the backend would: uvicorn
     # (vLLM, sglang) drops them after 5 s, and a POST sent on a connection the
     # backend is closing fails and cannot be retried safely.

@@ -91,6 +91,15 @@ def body_too_large(limit: int) -> ApiError:
     )
 
 
+def request_timeout() -> ApiError:
+    return ApiError(
+        408,
+        "The request did not arrive in time.",
+        "invalid_request_error",
+        "request_timeout",
+    )
+
+
 def unsupported_encoding() -> ApiError:
     return ApiError(
         415,

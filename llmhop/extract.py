@@ -22,7 +22,13 @@ _SLICE = 1 << 20
 # CPU); a body needing more is refused rather than routed slowly.
 _STEP_BUDGET = 2_000_000
 
+# json.loads refuses documents nested about 1,000 deep (Python's recursion
+# limit); refusing them earlier keeps the scanner from routing a body that the
+# backend's parser would choke on.
+MAX_DEPTH = 512
+
 _WS = re.compile(rb"[ \t\n\r]*")
+_BRACKETS = re.compile(rb"[\[\]{}]")
 _SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
 _OPENERS, _CLOSERS = (b"[", b"{"), (b"]", b"}")
 
@@ -210,6 +216,8 @@ class _Scan:
             stop = quote if quote >= 0 else min(self.end, i + _SLICE)
             opened = body.count(b"[", i, stop) + body.count(b"{", i, stop)
             closed = body.count(b"]", i, stop) + body.count(b"}", i, stop)
+            if depth + opened + 1 > MAX_DEPTH:
+                yield from self.check_depth(i, stop, depth)
             if depth + opened - closed <= 0:
                 return _closer_end(body, i, stop, closed - (depth + opened) + 1)
             depth += opened - closed
@@ -221,6 +229,19 @@ class _Scan:
                 raise self.invalid()
             else:
                 i = stop
+                yield
+
+
+    def check_depth(self, lo: int, hi: int, depth: int) -> Generator[None, None, None]:
+        """Refuse if the brackets in body[lo:hi] nest deeper than MAX_DEPTH.
+
+        Top-level nesting counts one level (the object being scanned).
+        """
+        for match in _BRACKETS.finditer(self.body, lo, hi):
+            depth += 1 if self.body[match.start()] in b"[{" else -1
+            if depth + 1 > MAX_DEPTH:
+                raise ModelError("The request body is nested more than %d levels deep." % (MAX_DEPTH,))
+            if self.step():
                 yield
 
 

@@ -135,12 +135,13 @@ class Upstream:
     agent: object
     reactor: object
     response_timeout: float
+    read_timeout: float
     strip_authorization: bool
 
     def forward(self, request, backend: Backend) -> None:
         headers = upstream_headers(request, backend, self.strip_authorization)
         body = BodyProducer(request.body) if request.body or request.method not in (b"GET", b"HEAD") else None
-        exchange = Exchange(request, backend.model)
+        exchange = Exchange(request, backend.model, self.reactor, self.read_timeout)
         pending = defer.maybeDeferred(
             self.agent.request, request.method, backend.url_for(request.uri), headers, body
         )
@@ -154,6 +155,8 @@ class Exchange:
 
     request: object
     model: str
+    reactor: object
+    read_timeout: float
     _pending: Optional[defer.Deferred] = None
     _timer: object = None
     _body: Optional["_Relay"] = None
@@ -215,6 +218,17 @@ class Exchange:
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
 
+    def stalled(self) -> None:
+        """The backend went silent mid-response: give up on both sides."""
+        relay, self._body = self._body, None
+        if relay is None or self._client_gone:
+            return
+        relay.stop()
+        self.request.outcome = "upstream-stalled"
+        _log.info("backend for model {model} sent nothing for {t}s mid-response", model=self.model, t=self.read_timeout)
+        self.request.unregisterProducer()
+        self.request.channel.transport.abortConnection()
+
     def body_finished(self, reason: Failure) -> None:
         request = self.request
         self._body = None
@@ -234,11 +248,11 @@ class Exchange:
     # client's request: the client connection pauses and resumes the backend.
     def pauseProducing(self) -> None:
         if self._body is not None:
-            self._body.transport.pauseProducing()
+            self._body.pause()
 
     def resumeProducing(self) -> None:
         if self._body is not None:
-            self._body.transport.resumeProducing()
+            self._body.resume()
 
     def stopProducing(self) -> None:
         if self._body is not None:
@@ -246,30 +260,67 @@ class Exchange:
 
 
 class _Relay(Protocol):
-    """Receives the backend's response body and writes it to the client."""
+    """Receives the backend's response body and writes it to the client.
+
+    A watchdog notices a backend that goes silent mid-response; it is off
+    while the client's backpressure holds the backend paused, since silence
+    is then our doing.
+    """
 
     discard = False
+    _watchdog = None
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
+        self._last = 0.0
 
     def connectionMade(self) -> None:
         if self.discard:
             self.transport.stopProducing()
-        else:
-            self.exchange.request.registerProducer(self.exchange, True)
+            return
+        self.exchange.request.registerProducer(self.exchange, True)
+        self._watch()
 
     def dataReceived(self, data: bytes) -> None:
         if not self.discard:
+            self._last = self.exchange.reactor.seconds()
             self.exchange.request.write(data)
 
     def connectionLost(self, reason: Failure) -> None:
+        self._unwatch()
         if not self.discard:
             self.exchange.body_finished(reason)
 
+    def pause(self) -> None:
+        self._unwatch()
+        self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        self.transport.resumeProducing()
+        self._watch()
+
     def stop(self) -> None:
+        self._unwatch()
         self.discard = True
         self.transport.stopProducing()
+
+    def _watch(self) -> None:
+        self._last = self.exchange.reactor.seconds()
+        if self._watchdog is None:
+            self._watchdog = self.exchange.reactor.callLater(self.exchange.read_timeout, self._check)
+
+    def _unwatch(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    def _check(self) -> None:
+        self._watchdog = None
+        silent = self.exchange.reactor.seconds() - self._last
+        if silent >= self.exchange.read_timeout:
+            self.exchange.stalled()
+        else:
+            self._watchdog = self.exchange.reactor.callLater(self.exchange.read_timeout - silent, self._check)
 
 
 def _failure_kind(reason: Failure, timed_out: bool) -> str:

@@ -39,9 +39,10 @@ class GatewaySite(server.Site):
     requestFactory = GatewayRequest
     noisy = False
 
-    def __init__(self, gateway: Gateway, idle_timeout: float, reactor) -> None:
-        super().__init__(gateway, timeout=idle_timeout, reactor=reactor)
+    def __init__(self, gateway: Gateway, timeouts: configlib.Timeouts, reactor) -> None:
+        super().__init__(gateway, timeout=timeouts.idle, reactor=reactor)
         self.gateway = gateway
+        self.timeouts = timeouts
         self.in_flight: Set[GatewayRequest] = set()
         self._drained: Optional[defer.Deferred] = None
 
@@ -87,10 +88,12 @@ def build_site(config: configlib.Config, reactor) -> GatewaySite:
     gateway = Gateway(
         routes=RoutingTable.from_config(config),
         auth=auth,
-        upstream=Upstream(agent, reactor, config.timeouts.response, strip_authorization=auth.enabled),
+        upstream=Upstream(
+            agent, reactor, config.timeouts.response, config.timeouts.read, strip_authorization=auth.enabled
+        ),
         max_body_bytes=config.max_body_bytes,
     )
-    site = GatewaySite(gateway, config.timeouts.idle, reactor)
+    site = GatewaySite(gateway, config.timeouts, reactor)
     site.pool = pool
     return site
 
