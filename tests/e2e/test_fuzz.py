@@ -1,0 +1,82 @@
+"""Random mutations of valid requests on a raw socket: the router stays up and keeps answering."""
+
+import json
+import socket
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests import rawhttp
+
+VALID = [
+    rawhttp.request(b"POST", b"/v1/chat/completions", json.dumps({"model": "m", "messages": []}).encode()),
+    rawhttp.request(b"GET", b"/v1/models"),
+    b"POST /v1/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\ne\r\n{\"model\": \"m\"}\r\n0\r\n\r\n",
+]
+
+
+@st.composite
+def mutated(draw):
+    data = bytearray(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "duplicate"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "flip" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+        elif kind == "delete" and data:
+            del data[at : at + draw(st.integers(1, 16))]
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "duplicate":
+            data[at:at] = data[at : at + draw(st.integers(1, 64))]
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def fuzz_router(tmp_path_factory):
+    from tests.e2e.procs import BackendProcess, Router, write_config
+
+    backend = BackendProcess()
+    config = write_config(
+        tmp_path_factory.mktemp("fuzz") / "config.json",
+        {
+            "listen": "127.0.0.1:0",
+            "timeouts": {"requestHead": 0.3, "requestBody": 0.3},
+            "models": {"m": {"url": backend.url}},
+        },
+    )
+    router = Router(config)
+    port = router.port()
+    yield router, port
+    router.stop()
+    backend.stop()
+
+
+def send(port, data, half_close):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        return rawhttp.read_all(sock, timeout=5)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=mutated(), half_close=st.booleans())
+def test_mutated_requests_never_take_the_router_down(fuzz_router, data, half_close):
+    router, port = fuzz_router
+    try:
+        response = send(port, data, half_close)
+    except (BrokenPipeError, ConnectionResetError):
+        response = b""
+    if response and response != b"<RESET>":
+        assert response.startswith(b"HTTP/1.1 "), response[:100]
+    assert router.proc.poll() is None
+    good = rawhttp.exchange(port, VALID[0])
+    assert rawhttp.status(good) == 200
+
+
+def test_the_fuzzer_found_no_traceback(fuzz_router):
+    router, _ = fuzz_router
+    assert "Traceback" not in router.output and "Unhandled Error" not in router.output
