@@ -129,6 +129,7 @@ class GatewayChannel(http.HTTPChannel):
     _rejected = False
     _deadline = None
     _body_started = 0.0
+    _started_requests = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -168,10 +169,13 @@ class GatewayChannel(http.HTTPChannel):
             return
         pending = len(self.requests)
         super().lineReceived(line)
-        if len(self.requests) > pending and not self._rejected and pending:
-            # A further request on a kept-alive connection gets its own deadline.
-            self._body_started = 0.0
-            self._arm(self.site.timeouts.requestHead)
+        if len(self.requests) > pending and not self._rejected:
+            self._started_requests += 1
+            if self._started_requests > 1:
+                # A further request on a kept-alive connection gets its own
+                # deadline; the first one's started when the connection did.
+                self._body_started = 0.0
+                self._arm(self.site.timeouts.requestHead)
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]

@@ -38,23 +38,27 @@ def strict(make_router, backend):
 def trickle(port, head, pieces, interval):
     """Send C{head}, then C{pieces} one by one; return what came back and when."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        started = time.monotonic()
-        sock.sendall(head)
-        for piece in pieces:
-            try:
-                sock.sendall(piece)
-            except OSError:
-                break
-            time.sleep(interval)
-            sock.setblocking(False)
-            try:
-                if sock.recv(1, socket.MSG_PEEK):
-                    break
-            except BlockingIOError:
-                pass
-            finally:
-                sock.setblocking(True)
-        return rawhttp.read_all(sock, timeout=5), time.monotonic() - started
+        return trickle_on(sock, head, pieces, interval)
+
+
+def trickle_on(sock, head, pieces, interval):
+    started = time.monotonic()
+    sock.sendall(head)
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+        except OSError:
+            break
+        time.sleep(interval)
+        sock.setblocking(False)
+        try:
+            if sock.recv(1, socket.MSG_PEEK):
+                break  # answered
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
+    return rawhttp.read_all(sock, timeout=5), time.monotonic() - started
 
 
 @inlineCallbacks
@@ -65,6 +69,24 @@ def test_slowloris_headers_are_cut_off(strict):
     assert rawhttp.status(response) == 408
     assert took < 3
     yield still_serves(strict)
+
+
+@inlineCallbacks
+def test_slowloris_on_a_kept_alive_connection_is_cut_off_too(strict):
+    body = json.dumps({"model": "m"}).encode()
+    first = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    def talk():
+        with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+            sock.sendall(first)
+            answer = rawhttp.read_response(sock)
+            pieces = [b"X-Slow-%d: 1\r\n" % i for i in range(100)]
+            return (answer,) + trickle_on(sock, b"POST /v1/x HTTP/1.1\r\n", pieces, 0.05)
+
+    first_answer, second, took = yield threads.deferToThread(talk)
+    assert rawhttp.status(first_answer) == 200
+    assert rawhttp.status(second) == 408
+    assert took < 3
 
 
 @inlineCallbacks
