@@ -26,6 +26,7 @@ from llmhop import errors
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
+_VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 # Each this many body bytes received extend the upload deadline by a second.
 BODY_BYTES_PER_SECOND = 64 * 1024
 
@@ -130,6 +131,7 @@ class GatewayChannel(http.HTTPChannel):
     _deadline = None
     _body_started = 0.0
     _started_requests = 0
+    _lingering = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -169,7 +171,11 @@ class GatewayChannel(http.HTTPChannel):
             return
         pending = len(self.requests)
         super().lineReceived(line)
-        if len(self.requests) > pending and not self._rejected:
+        if len(self.requests) > pending and not self._rejected and not self.transport.disconnecting:
+            if self._version not in _VERSIONS:
+                # Twisted 22.4 would answer "TTP/1.1 200 OK" to "TTP/1.1".
+                self._respondToBadRequestAndDisconnect()
+                return
             self._started_requests += 1
             if self._started_requests > 1:
                 # A further request on a kept-alive connection gets its own
@@ -214,9 +220,8 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason) -> None:
         self._disarm()
-        lingering = getattr(self, "_lingering", None)
-        if lingering is not None and lingering.active():
-            lingering.cancel()
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
         super().connectionLost(reason)
 
     # Once answered early, nothing the client still sends is parsed.

@@ -218,18 +218,9 @@ def test_dead_url_helper_points_at_a_closed_port():
 
 @inlineCallbacks
 def test_backend_that_never_accepts_the_connection_is_504(make_router):
-    import socket
+    from tests.faulty import full_backlog
 
-    # A listener that never accepts, with its queue full: further SYNs are dropped.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(listener.getsockname())
-        fillers.append(filler)
+    listener, fillers = full_backlog()
     try:
         url = "http://127.0.0.1:%d" % (listener.getsockname()[1],)
         router = make_router({"models": {"m": {"url": url}}, "timeouts": {"connect": 0.5}})

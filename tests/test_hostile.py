@@ -146,6 +146,8 @@ GARBAGE = {
     "ten-thousand-headers": b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(10000)) + b"\r\n",
     "huge-header-line": b"GET /healthz HTTP/1.1\r\nX-Big: " + b"b" * (1024 * 1024) + b"\r\n\r\n",
     "no-version": b"GET /healthz\r\n\r\n",
+    "bad-version": b"GET /healthz TTP/1.1\r\n\r\n",
+    "http2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "binary-method": b"\xff\xfe /healthz HTTP/1.1\r\n\r\n",
     "header-without-colon": b"GET /healthz HTTP/1.1\r\nNoColon\r\n\r\n",
 }

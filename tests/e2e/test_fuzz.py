@@ -77,6 +77,9 @@ def test_mutated_requests_never_take_the_router_down(fuzz_router, data, half_clo
     assert rawhttp.status(good) == 200
 
 
-def test_the_fuzzer_found_no_traceback(fuzz_router):
+def test_the_fuzzer_found_no_traceback_and_memory_stayed_bounded(fuzz_router):
     router, _ = fuzz_router
     assert "Traceback" not in router.output and "Unhandled Error" not in router.output
+    with open("/proc/%d/status" % (router.pid,)) as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    assert rss_kib < 200 * 1024
