@@ -202,6 +202,18 @@ def big_json(model_part, size=60 * 1024 * 1024):
         (b'{"model": "m", "x": [' + b"[1, 2], " * 100000 + b"[3]]}", 200),
         (b'{"model": "m", "x": ' + b"[" * 400 + b"]" * 400 + b', "pad": "' + b"p" * 300000 + b'"}', 200),
     ],
+    ids=[
+        "60MiB-model-last",
+        "60MiB-duplicate-model",
+        "60MiB-escaped-key",
+        "60MiB-only-nested-model",
+        "60MiB-escaped-value",
+        "60MiB-non-utf8-model",
+        "200000-deep",
+        "200000-deep-unclosed",
+        "100000-small-arrays",
+        "400-deep-padded",
+    ],
 )
 @inlineCallbacks
 def test_hostile_json_routes_as_json_loads_would_or_is_400(strict, body, code):

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import platform
 import socket
 import sys
 import time
@@ -99,15 +100,24 @@ def rss_kib(pid):
 def test_a_thousand_failures_leak_no_descriptors_or_memory(faulty_router):
     port, pid = faulty_router.port(), faulty_router.pid
     kinds = ["refused", "tls", "close", "garbage", "die_mid", "hang", "hang_mid", "unroutable"]
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        list(pool.map(lambda i: ask(port, kinds[i % len(kinds)]), range(100)))  # warm up
-        fds, rss = fd_count(pid), rss_kib(pid)
-        list(pool.map(lambda i: ask(port, kinds[i % len(kinds)]), range(1000)))
-    deadline = time.monotonic() + 10
-    while fd_count(pid) > fds and time.monotonic() < deadline:
-        time.sleep(0.05)
-    print("fds %d -> %d, RSS %d -> %d KiB" % (fds, fd_count(pid), rss, rss_kib(pid)))
-    assert fd_count(pid) <= fds, "descriptors leaked: %d before, %d after" % (fds, fd_count(pid))
-    assert rss_kib(pid) < rss * 1.25 + 4096, "RSS grew from %d to %d KiB" % (rss, rss_kib(pid))
+
+    def batch(count):
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda i: ask(port, kinds[i % len(kinds)]), range(count)))
+        deadline = time.monotonic() + 10
+        while fd_count(pid) > fds and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return fd_count(pid), rss_kib(pid)
+
+    fds = 10**6
+    fds, _ = batch(200)  # warm up (PyPy's JIT and heap grow at first)
+    after_first = batch(1000)
+    after_second = batch(1000)
+    print("fds %d -> %d -> %d, RSS %d -> %d KiB" % (fds, after_first[0], after_second[0], after_first[1], after_second[1]))
+    assert after_first[0] <= fds and after_second[0] <= fds, "descriptors leaked"
+    # A leak grows with every batch; warm-up does not.  PyPy's collector lets
+    # its heap grow further before collecting, hence more slack there.
+    slack = 1.25 if platform.python_implementation() == "PyPy" else 1.10
+    assert after_second[1] < after_first[1] * slack + 4096, "RSS still growing"
     response = ask(port, "close")
     assert rawhttp.status(response) == 502  # and the router still answers
