@@ -23,6 +23,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from llmhop import config as configlib
 from llmhop.auth import Authenticator
 from llmhop.channel import GatewayChannel, GatewayRequest
+from llmhop.endpoints import CachedEndpointFactory
 from llmhop.gateway import Gateway
 from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
@@ -78,12 +79,8 @@ def build_site(config: configlib.Config, reactor) -> GatewaySite:
     pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_BACKEND
     pool.cachedConnectionTimeout = config.timeouts.keepAlive
-    agent = Agent(
-        reactor,
-        contextFactory=BrowserLikePolicyForHTTPS(),
-        connectTimeout=config.timeouts.connect,
-        pool=pool,
-    )
+    endpoints = CachedEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), config.timeouts.connect)
+    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     auth = Authenticator.from_tokens(config.auth_tokens)
     gateway = Gateway(
         routes=RoutingTable.from_config(config),
