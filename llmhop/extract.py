@@ -129,7 +129,6 @@ class _Scan:
             yield
 
     def top_level_model(self) -> Steps:
-        body = self.body
         pos = yield from self.whitespace(0)
         if self.char(pos) != b"{":
             raise ModelError("The request body must be a JSON object." if pos < self.end else "The request body is not valid JSON.")

@@ -2,7 +2,6 @@
 
 import http.client
 import json
-import os
 import signal
 import socket
 import ssl
@@ -15,7 +14,7 @@ import pytest
 from llmhop import __version__
 from tests import rawhttp
 from tests.certs import ScratchCA
-from tests.e2e.procs import ROOT, Process, Router, env, llmhop_command, write_config
+from tests.e2e.procs import ROOT, Router, env, llmhop_command, write_config
 
 
 def run_llmhop(*args, environ=None, cwd=ROOT):

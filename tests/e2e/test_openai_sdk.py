@@ -1,7 +1,5 @@
 """The official OpenAI Python SDK as the client, through a router process."""
 
-import hashlib
-import json
 
 import pytest
 
