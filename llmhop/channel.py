@@ -192,7 +192,6 @@ class GatewayChannel(http.HTTPChannel):
             # Only now may the stock code send "100 Continue".
             super().allHeadersReceived()
         else:
-            request.content = None
             self.reject(request, error)
 
     def reject(self, request: GatewayRequest, error: errors.ApiError) -> None:

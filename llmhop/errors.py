@@ -58,10 +58,6 @@ def model_not_found(model: str) -> ApiError:
     )
 
 
-def not_found(path: str) -> ApiError:
-    return ApiError(404, "No route for %s." % (path,), "invalid_request_error", "not_found")
-
-
 def method_not_allowed(allowed: bytes) -> ApiError:
     return ApiError(
         405,
