@@ -31,13 +31,20 @@ def faults(processes):
 
 
 @pytest.fixture
-def faulty_router(faults, start_router):
+def faulty_router(faults, start_router, backend_process):
     models = {name: {"url": "http://127.0.0.1:%d" % (port,)} for name, port in faults.ports.items()}
+    models["ok"] = {"url": backend_process.url}
     models["refused"] = {"url": dead_url()}
     models["tls"] = {"url": "https://127.0.0.1:%d" % (faults.ports["garbage"],)}
     router = start_router({"listen": "127.0.0.1:0", "timeouts": TIMEOUTS, "models": models})
     router.port()
     return router
+
+
+def still_serves(port):
+    """A normal request through the same router succeeds."""
+    response = rawhttp.exchange(port, rawhttp.request(b"POST", b"/v1/x", json.dumps({"model": "ok"}).encode()))
+    assert rawhttp.status(response) == 200
 
 
 def ask(port, model, timeout=10):
@@ -63,6 +70,7 @@ def test_backend_failing_before_headers(faulty_router, model, status, code):
     error = json.loads(rawhttp.split(response)[1])["error"]
     assert error["code"] == code
     assert time.monotonic() - started < 2.5
+    still_serves(faulty_router.port())
 
 
 @pytest.mark.parametrize("model", ["hang_mid", "die_mid"])
@@ -72,6 +80,7 @@ def test_backend_failing_mid_stream_aborts_the_client(faulty_router, model):
     assert response.startswith(b"HTTP/1.1 200") and b"data: {}" in response
     assert not response.endswith(b"0\r\n\r\n")
     assert time.monotonic() - started < 2.5
+    still_serves(faulty_router.port())
 
 
 def test_endless_body_stops_when_the_client_leaves(faulty_router, faults):
@@ -84,6 +93,7 @@ def test_endless_body_stops_when_the_client_leaves(faulty_router, faults):
     sent = int(faults.wait_for_line(r"endless closed after (\d+) bytes", timeout=2).group(1))
     # What the backend wrote stayed close to what the client read: bounded buffering.
     assert sent - received < 64 * 1024 * 1024
+    still_serves(faulty_router.port())
 
 
 def fd_count(pid):
@@ -119,5 +129,5 @@ def test_a_thousand_failures_leak_no_descriptors_or_memory(faulty_router):
     # its heap grow further before collecting, hence more slack there.
     slack = 1.25 if platform.python_implementation() == "PyPy" else 1.10
     assert after_second[1] < after_first[1] * slack + 4096, "RSS still growing"
-    response = ask(port, "close")
-    assert rawhttp.status(response) == 502  # and the router still answers
+    assert rawhttp.status(ask(port, "close")) == 502
+    still_serves(port)
