@@ -1,11 +1,12 @@
 """The ``llmhop`` command: run the gateway in the foreground, logging to stderr."""
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
 from llmhop import __version__
-from llmhop.config import load_or_exit
+from llmhop.config import load_or_exit, with_workers
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -27,27 +28,80 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help="with --check: check the structure only, leaving secret references unresolved "
         "(for build machines where the secrets are not available)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N router processes sharing the listening socket (overrides the config's workers)",
+    )
+    # Used by the first process to start the others (see llmhop.workers).
+    parser.add_argument("--worker", metavar="INDEX:PARENT_PID", help=argparse.SUPPRESS)
+    parser.add_argument("--log-plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.no_secrets and not args.check:
         parser.error("--no-secrets only goes with --check")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.worker is not None:
+        index, _, parent = args.worker.partition(":")
+        if not (index.isdigit() and parent.isdigit()):
+            parser.error("--worker takes INDEX:PARENT_PID")
+        args.worker = (int(index), int(parent))
     return args
+
+
+def log_observer(stream, system: Optional[str], plain: bool):
+    """Lines on C{stream}: classic ones (tagged with C{system}), or LEVEL-prefixed for a supervisor to relay."""
+    from twisted.logger import formatEvent, textFileLogObserver
+
+    if plain:
+
+        def observe(event):
+            text = formatEvent(event)
+            if "log_failure" in event:
+                text += "\n" + event["log_failure"].getTraceback()
+            level = event.get("log_level")
+            name = level.name if level is not None else "info"
+            stream.write("".join("%s %s\n" % (name, line) for line in text.splitlines() or [""]))
+            stream.flush()
+
+        return observe
+    classic = textFileLogObserver(stream)
+    if system is None:
+        return classic
+
+    def tagged(event):
+        if event.get("log_system", "-") == "-":
+            event["log_system"] = system
+        classic(event)
+
+    return tagged
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    config = load_or_exit(args.config, resolve=not (args.check and args.no_secrets))
+    config = with_workers(load_or_exit(args.config, resolve=not (args.check and args.no_secrets)), args.workers)
     if args.check:
         print("llmhop: %s: config OK (%d models)" % (args.config, len(config.models)))
         return 0
 
+    worker = None
+    if args.worker is not None:
+        from llmhop.workers import die_with_parent
+
+        worker, parent = args.worker
+        die_with_parent(parent)
+
     # Imported late so that --check stays fast: packagers run it at build time.
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    system = "worker %d" % (worker or 1,) if worker or config.workers > 1 else None
+    globalLogBeginner.beginLoggingTo([log_observer(sys.stderr, system, args.log_plain)], redirectStandardIO=False)
     from llmhop.service import GatewayService
 
-    gateway = GatewayService(config, reactor)
+    path = os.path.abspath(args.config)
+    gateway = GatewayService(config, reactor, path, worker=worker, handle_signals=True)
     gateway.privilegedStartService()
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)

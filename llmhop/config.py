@@ -76,6 +76,7 @@ class Config:
     auth_tokens: Tuple[str, ...] = attrs.field(default=(), repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timeouts: Timeouts = Timeouts()
+    workers: int = 1
 
 
 def load(path: str, environ: Optional[Mapping[str, str]] = None, resolve: bool = True) -> Config:
@@ -105,6 +106,18 @@ def load_or_exit(path: str, resolve: bool = True) -> Config:
         raise SystemExit(1) from None
 
 
+def with_workers(config: Config, workers: Optional[int]) -> Config:
+    """C{config} with the command line's C{--workers}, if given; exits on a listen form that can't share."""
+    if workers is None:
+        return config
+    try:
+        check_shareable(config.listen, workers, "--workers")
+    except ConfigError as e:
+        sys.stderr.write("llmhop: %s\n" % (e,))
+        raise SystemExit(1) from None
+    return attrs.evolve(config, workers=workers)
+
+
 def parse(
     data: Any,
     environ: Mapping[str, str],
@@ -116,19 +129,41 @@ def parse(
     _known(
         top,
         "",
-        {"listen", "authTokens", "maxBodyBytes", "models", "timeouts"},
+        {"listen", "authTokens", "maxBodyBytes", "models", "timeouts", "workers"},
     )
 
     def secret(value: str, place: str) -> str:
         return secrets.expand(value, place, environ, cwd) if resolve else value
 
+    listen = listen_endpoint(_string(top.get("listen", DEFAULT_LISTEN), "listen"))
     return Config(
-        listen=listen_endpoint(_string(top.get("listen", DEFAULT_LISTEN), "listen")),
+        listen=listen,
         models=_models(top.get("models"), secret),
         auth_tokens=_tokens(top.get("authTokens", []), secret),
         max_body_bytes=_positive_int(top.get("maxBodyBytes", DEFAULT_MAX_BODY_BYTES), "maxBodyBytes"),
         timeouts=_timeouts(top.get("timeouts", {})),
+        workers=_workers(top.get("workers", 1), listen),
     )
+
+
+# Forms whose listening socket a worker can adopt from the first process.
+SHAREABLE_LISTEN = ("tcp", "tcp6", "unix", "ssl", "systemd")
+MAX_WORKERS = 256
+
+
+def _workers(value: Any, listen: str) -> int:
+    workers = _positive_int(value, "workers")
+    if workers > MAX_WORKERS:
+        raise ConfigError("workers", "at most %d" % (MAX_WORKERS,))
+    check_shareable(listen, workers, "workers")
+    return workers
+
+
+def check_shareable(listen: str, workers: int, place: str) -> None:
+    if workers > 1 and listen.partition(":")[0] not in SHAREABLE_LISTEN:
+        raise ConfigError(
+            place, "several workers need a listen form they can share: %s" % (", ".join(SHAREABLE_LISTEN),)
+        )
 
 
 def listen_endpoint(listen: str) -> str:

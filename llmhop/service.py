@@ -8,9 +8,11 @@ period and then cuts off whatever is left.
 """
 
 import os
+import resource
 import socket
 from typing import Mapping, Optional, Set
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -26,7 +28,9 @@ from llmhop.channel import GatewayChannel, GatewayRequest
 from llmhop.endpoints import CachedEndpointFactory
 from llmhop.gateway import Gateway
 from llmhop.proxy import Upstream
+from llmhop.errors import ConfigError
 from llmhop.routing import RoutingTable
+from llmhop.workers import SignalHandlers, WorkerPool, adopt_listening
 
 # The stock pool keeps 2 idle connections per backend; a busy backend would
 # then pay a TCP (and TLS) handshake for nearly every request.
@@ -59,6 +63,13 @@ class GatewaySite(server.Site):
             drained, self._drained = self._drained, None
             drained.callback(None)
 
+    def replace(self, gateway: Gateway, config: configlib.Config) -> None:
+        """Serve new requests with C{gateway}; those under way keep the one they started with."""
+        self.gateway = self.resource = gateway
+        self.timeouts = config.timeouts
+        self.timeOut = config.timeouts.idle
+        self.pool.cachedConnectionTimeout = config.timeouts.keepAlive
+
     def drained(self) -> defer.Deferred:
         """Fires once no request is in flight."""
         if not self.in_flight:
@@ -74,15 +85,19 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
-def build_site(config: configlib.Config, reactor) -> GatewaySite:
+def build_pool(config: configlib.Config, reactor) -> HTTPConnectionPool:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_BACKEND
     pool.cachedConnectionTimeout = config.timeouts.keepAlive
+    return pool
+
+
+def build_gateway(config: configlib.Config, reactor, pool: HTTPConnectionPool) -> Gateway:
     endpoints = CachedEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), config.timeouts.connect)
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     auth = Authenticator.from_tokens(config.auth_tokens)
-    gateway = Gateway(
+    return Gateway(
         routes=RoutingTable.from_config(config),
         auth=auth,
         upstream=Upstream(
@@ -90,9 +105,23 @@ def build_site(config: configlib.Config, reactor) -> GatewaySite:
         ),
         max_body_bytes=config.max_body_bytes,
     )
-    site = GatewaySite(gateway, config.timeouts, reactor)
+
+
+def build_site(config: configlib.Config, reactor) -> GatewaySite:
+    pool = build_pool(config, reactor)
+    site = GatewaySite(build_gateway(config, reactor, pool), config.timeouts, reactor)
     site.pool = pool
     return site
+
+
+def raise_open_file_limit() -> None:
+    """Take the hard limit on open files, as Go programs do: every open stream costs two."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            _log.warn("cannot raise the open-file limit from {soft}: {error}", soft=soft, error=e)
 
 
 def sd_notify(state: bytes, environ: Mapping[str, str] = os.environ) -> None:
@@ -111,38 +140,73 @@ def sd_notify(state: bytes, environ: Mapping[str, str] = os.environ) -> None:
 
 
 class GatewayService(service.Service):
-    def __init__(self, config: configlib.Config, reactor) -> None:
+    """One router process: the first one (which may supervise workers) or worker C{worker}.
+
+    @param config_path: where SIGHUP reloads the config from.
+    @param worker: this process's worker number when a supervisor started it;
+        it then adopts the listening socket on fd 3 instead of listening.
+    @param handle_signals: own SIGTERM/SIGINT/SIGHUP (not for in-process use).
+    @param relay_logs: workers log through this process (twistd's log file)
+        rather than to the stderr they share with it.
+    """
+
+    def __init__(
+        self,
+        config: configlib.Config,
+        reactor,
+        config_path: Optional[str] = None,
+        worker: Optional[int] = None,
+        handle_signals: bool = False,
+        relay_logs: bool = False,
+    ) -> None:
         self.config = config
         self.reactor = reactor
+        self.config_path = config_path
+        self.worker = worker
+        self.handle_signals = handle_signals
         self.site = build_site(config, reactor)
         self.port = None
         self.failed = False
         self._listening: Optional[defer.Deferred] = None
+        self.workers: Optional[WorkerPool] = None
+        if worker is None and config.workers > 1:
+            if config_path is None:
+                raise ValueError("workers need the config file's path")
+            self.workers = WorkerPool(reactor, config_path, config.workers, config.timeouts.shutdown, relay_logs)
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
+        raise_open_file_limit()
+        if self.worker is not None:
+            self._listening = defer.maybeDeferred(adopt_listening, self.reactor, self.config, self.site)
+        else:
+            self._listening = self._listen()
+        self._listening.addCallbacks(self._listened, self._cannot_listen)
+
+    def _listen(self) -> defer.Deferred:
         try:
             endpoint = serverFromString(self.reactor, self.config.listen)
         except (IndexError, KeyError) as e:
             # The systemd parser looks the inherited socket up at parse time.
-            self._listening = defer.fail(
-                ValueError("systemd passed no socket for %s (%s)" % (self.config.listen, e))
-            )
+            return defer.fail(ValueError("systemd passed no socket for %s (%s)" % (self.config.listen, e)))
         except Exception as e:
-            self._listening = defer.fail(ValueError("%s: %s" % (self.config.listen, e)))
-        else:
-            self._listening = endpoint.listen(self.site)
-        self._listening.addCallbacks(self._listened, self._cannot_listen)
+            return defer.fail(ValueError("%s: %s" % (self.config.listen, e)))
+        return endpoint.listen(self.site)
 
     def startService(self) -> None:
         if self._listening is None:
             self.privilegedStartService()
         service.Service.startService(self)
+        if self.handle_signals:
+            self.reactor.callWhenRunning(SignalHandlers(self.reactor, self.reload).install)
 
     def _listened(self, port) -> None:
         self.port = port
         _log.info("llmhop listening on {address}", address=_describe_address(port.getHost()))
-        sd_notify(b"READY=1")
+        if self.worker is None:
+            sd_notify(b"READY=1")
+        if self.workers is not None:
+            self.workers.start(port.fileno())
 
     def _cannot_listen(self, failure) -> None:
         self.failed = True
@@ -152,10 +216,40 @@ class GatewayService(service.Service):
         else:
             self.reactor.callWhenRunning(self.reactor.stop)
 
+    def reload(self) -> None:
+        """SIGHUP: read the config file again; keep the running one if the new one is wrong."""
+        if self.workers is not None:
+            self.workers.signal_all("HUP")
+        if self.config_path is None:
+            return
+        try:
+            config = configlib.load(self.config_path)
+        except ConfigError as e:
+            _log.error("config not reloaded, the running one stays: {error}", error=str(e))
+            return
+        fixed = [key for key in ("listen", "workers") if getattr(config, key) != getattr(self.config, key)]
+        self.config = attrs.evolve(config, listen=self.config.listen, workers=self.config.workers)
+        self.site.replace(build_gateway(self.config, self.reactor, self.site.pool), self.config)
+        _log.info("config reloaded from {path}: {n} model(s)", path=self.config_path, n=len(config.models))
+        if fixed:
+            _log.warn(
+                "{keys} changed in {path}: restart llmhop to apply that (the rest was applied)",
+                keys=" and ".join(fixed),
+                path=self.config_path,
+            )
+
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
-        sd_notify(b"STOPPING=1")
+        if self.worker is None:
+            sd_notify(b"STOPPING=1")
+        stopping = [self._stop_serving()]
+        if self.workers is not None:
+            stopping.append(self.workers.stop())
+        yield defer.gatherResults(stopping, consumeErrors=True)
+
+    @defer.inlineCallbacks
+    def _stop_serving(self):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
@@ -189,14 +283,22 @@ class Options(usage.Options):
 
     synopsis = "--config CONFIG.json"
     longdesc = "Route OpenAI-compatible requests by model to their backends (see README)."
-    optParameters = [["config", "c", None, "Path to the JSON config file."]]
+    optParameters = [
+        ["config", "c", None, "Path to the JSON config file."],
+        ["workers", "w", None, "Router processes sharing the socket (overrides the config's workers).", int],
+    ]
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required")
+        if self["workers"] is not None and self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
 
 
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return GatewayService(configlib.load_or_exit(options["config"]), reactor)
+    config = configlib.with_workers(configlib.load_or_exit(options["config"]), options["workers"])
+    # twistd owns the log (a file when daemonized): workers log through it.
+    path = os.path.abspath(options["config"])
+    return GatewayService(config, reactor, path, handle_signals=True, relay_logs=True)

@@ -17,6 +17,7 @@ def test_defaults_keep_the_simple_case_simple():
     assert config.timeouts == configlib.Timeouts(connect=10, response=600, idle=60, shutdown=30, keepAlive=4)
     assert config.models["m"].url == "http://127.0.0.1:8000"
     assert config.models["m"].headers == ()
+    assert config.workers == 1
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,26 @@ class BackendProcess(Process):
         self.url = "http://127.0.0.1:%d" % (self.port,)
 
 
+def pid_alive(pid):
+    """Whether C{pid} runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate, timeout=15.0):
+    """C{predicate()}'s first true value, polled until the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met within %ss" % (timeout,))
+
+
 def write_config(path, settings):
     path.write_text(json.dumps(settings))
     return path

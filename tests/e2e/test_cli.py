@@ -82,6 +82,10 @@ GOOD = {"models": {"m": {"url": "http://127.0.0.1:9"}}}
         (dict(GOOD, authTokens=["a", 2]), "authTokens[1]: expected a string"),
         (dict(GOOD, timeouts={"connect": -1}), "timeouts.connect: expected a positive number"),
         (dict(GOOD, timeouts={"header": 1}), "timeouts.header: unknown key"),
+        (dict(GOOD, workers=0), "workers: expected a positive integer"),
+        (dict(GOOD, workers="2"), "workers: expected a positive integer"),
+        (dict(GOOD, workers=1000), "workers: at most 256"),
+        (dict(GOOD, workers=2, listen="onion:80"), "workers: several workers need a listen form they can share"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_place(tmp_path, settings, place):

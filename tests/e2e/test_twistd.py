@@ -5,12 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
 
-from tests.e2e.procs import ROOT, Process, env, twistd_command, write_config
+from tests.e2e.procs import ROOT, Process, env, pid_alive, twistd_command, wait_for, write_config
 from tests.e2e.test_cli import get, post_chat
 
 
@@ -83,24 +82,6 @@ def test_twistd_bad_config_is_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "llmhop: config error: models.m.url: not an absolute http:// or https:// URL"
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met within %ss" % (timeout,))
 
 
 def test_wheel_ships_the_plugin_and_the_console_script(tmp_path):

@@ -1,0 +1,246 @@
+"""Several router processes on one listening socket (``--workers N``), and their signals.
+
+The first process listens as usual (binding, or taking the socket systemd
+passed), then starts N-1 copies of itself that adopt that very socket as their
+fd 3.  Every process is a full router; the kernel hands each new connection to
+whichever process accepts it first, which is the least busy one.  Sharing one
+socket, rather than each worker binding its own with C{SO_REUSEPORT}, works for
+every listen form (unix sockets, TLS, systemd socket activation) and never
+loses connections queued on the socket of a worker that is stopping.
+
+The first process supervises: it forwards SIGTERM, SIGINT and SIGHUP to the
+workers, restarts a worker that dies, and waits for them on shutdown.  A
+worker asks the kernel to send it SIGTERM when the first process dies, so none
+is left serving on its own.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import socket
+import sys
+from typing import Callable, Dict, List, Optional
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger, LogLevel
+
+from llmhop.config import Config
+
+# The fd a worker finds the shared listening socket on (as systemd does).
+INHERITED_FD = 3
+
+# A worker that dies sooner than this after its start is restarted with a
+# growing delay, so a worker that cannot start does not spin.
+STEADY_SECONDS = 10.0
+MAX_RESTART_DELAY = 30.0
+
+# Workers get their own grace period first; this is on top of it.
+KILL_MARGIN_SECONDS = 5.0
+
+# Set by a supervisor for a worker; a worker's own children must not see them.
+_FOREIGN_ENVIRON = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
+
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
+
+_log = Logger()
+
+
+def worker_argv(config_path: str, index: int, parent_pid: int, relay_logs: bool) -> List[str]:
+    """The command line of worker C{index}: this interpreter running L{llmhop.cli}."""
+    argv = [sys.executable, "-m", "llmhop", "--config", config_path, "--worker", "%d:%d" % (index, parent_pid)]
+    return argv + ["--log-plain"] if relay_logs else argv
+
+
+def worker_environ(environ=os.environ) -> Dict[str, str]:
+    result = {name: value for name, value in environ.items() if name not in _FOREIGN_ENVIRON}
+    # A checkout run without installing must stay importable in the worker.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [package_root] + [p for p in result.get("PYTHONPATH", "").split(os.pathsep) if p]
+    result["PYTHONPATH"] = os.pathsep.join(paths)
+    return result
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    """One worker: relays its log lines (when asked) and reports its end."""
+
+    def __init__(self, pool: "WorkerPool", index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.system = "worker %d" % (index,)
+        self.ended: defer.Deferred = defer.Deferred()
+        self._partial = b""
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._relay(line)
+
+    def _relay(self, line: bytes) -> None:
+        level_name, _, text = line.decode("utf-8", "replace").partition(" ")
+        level = _LEVELS.get(level_name)
+        if level is None:
+            level, text = LogLevel.info, line.decode("utf-8", "replace")
+        _log.emit(level, "{line}", line=text, log_system=self.system)
+
+    def processEnded(self, reason) -> None:
+        if self._partial:
+            self._relay(self._partial)
+        self.pool.worker_ended(self, reason.value)
+        self.ended.callback(None)
+
+
+@attrs.define
+class WorkerPool:
+    """Workers 2..N of a router whose first process is this one."""
+
+    reactor: object
+    config_path: str
+    count: int
+    grace: float
+    relay_logs: bool
+    _listen_fd: Optional[int] = None
+    _workers: Dict[int, protocol.ProcessProtocol] = attrs.Factory(dict)
+    _started_at: Dict[int, float] = attrs.Factory(dict)
+    _delays: Dict[int, float] = attrs.Factory(dict)
+    _pending: Dict[int, object] = attrs.Factory(dict)
+    _stopping: bool = False
+
+    def start(self, listen_fd: int) -> None:
+        self._listen_fd = listen_fd
+        for index in range(2, self.count + 1):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        self._pending.pop(index, None)
+        worker = _WorkerProtocol(self, index)
+        out = "r" if self.relay_logs else 1
+        err = "r" if self.relay_logs else 2
+        process = self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            worker_argv(self.config_path, index, os.getpid(), self.relay_logs),
+            env=worker_environ(),
+            childFDs={0: "w", 1: out, 2: err, INHERITED_FD: self._listen_fd},
+        )
+        self._workers[index] = worker
+        self._started_at[index] = self.reactor.seconds()
+        _log.info("started worker {index} (pid {pid})", index=index, pid=process.pid)
+
+    def worker_ended(self, worker: _WorkerProtocol, why) -> None:
+        index = worker.index
+        if self._workers.get(index) is worker:
+            del self._workers[index]
+        if self._stopping:
+            return
+        lived = self.reactor.seconds() - self._started_at[index]
+        delay = 1.0 if lived >= STEADY_SECONDS else min(2 * self._delays.get(index, 0.5), MAX_RESTART_DELAY)
+        self._delays[index] = delay
+        _log.error(
+            "worker {index} ended unexpectedly ({why}); restarting it in {delay:.0f}s",
+            index=index,
+            why=why,
+            delay=delay,
+        )
+        self._pending[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def signal_all(self, signame: str) -> None:
+        for worker in list(self._workers.values()):
+            try:
+                worker.transport.signalProcess(signame)
+            except OSError:
+                pass  # it is exiting; processEnded follows
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """SIGTERM to every worker; SIGKILL to those still there after their grace period."""
+        self._stopping = True
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending.clear()
+        workers = list(self._workers.values())
+        if not workers:
+            return
+        self.signal_all("TERM")
+        everyone = defer.gatherResults([w.ended for w in workers])
+        killer = self.reactor.callLater(self.grace + KILL_MARGIN_SECONDS, self.signal_all, "KILL")
+        yield everyone
+        if killer.active():
+            killer.cancel()
+
+
+def adopt_listening(reactor, config: Config, factory, fd: int = INHERITED_FD):
+    """Listen on the socket a supervisor passed as C{fd}, with TLS when C{listen} asks for it."""
+    if config.listen.partition(":")[0] == "ssl":
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        # Parsing loads the key and certificate; it binds nothing.
+        endpoint = serverFromString(reactor, config.listen)
+        factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+    # Every process shares the socket's file status flags.  PyPy's socket
+    # constructor (used by adoptStreamPort) makes the socket blocking unless
+    # the default timeout is 0, and a blocking shared socket would leave the
+    # other processes stuck in accept().
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.0)
+    try:
+        probe = socket.socket(fileno=fd)
+        family = probe.family
+        probe.detach()
+        port = reactor.adoptStreamPort(fd, family, factory)
+    finally:
+        socket.setdefaulttimeout(previous)
+    os.close(fd)  # adoptStreamPort listens on a duplicate
+    return port
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGTERM this worker when its supervisor dies (Linux)."""
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        # The supervisor died before prctl took effect.
+        raise SystemExit(0)
+
+
+@attrs.define
+class SignalHandlers:
+    """Stop once on SIGTERM/SIGINT however many arrive; run C{on_hup} on SIGHUP.
+
+    Under systemd (and with Ctrl-C in a terminal) a worker gets the signal
+    both from outside and from its supervisor; Twisted's own handler would
+    try to stop an already stopping reactor and log a traceback.
+    """
+
+    reactor: object
+    on_hup: Callable[[], None]
+    _stopping: bool = False
+
+    def install(self) -> None:
+        """Call once the reactor runs: Twisted installs its handlers on startup."""
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._mark_stopping)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._once(signal.getsignal(signum)))
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.on_hup))
+
+    def _mark_stopping(self) -> None:
+        self._stopping = True
+
+    def _once(self, twisted_handler):
+        def handler(signum, frame):
+            if self._stopping:
+                return
+            self._stopping = True
+            if callable(twisted_handler):
+                twisted_handler(signum, frame)
+            else:
+                self.reactor.callFromThread(self.reactor.stop)
+
+        return handler
