@@ -20,7 +20,9 @@ def start_router(settings, python=None, argv_prefix=()):
     with os.fdopen(handle, "w") as f:
         json.dump(settings, f)
     command = [python, "-m", "llmhop"] if python else llmhop_command()
-    router = Router(path, argv=list(argv_prefix) + command + ["--config", path])
+    # The log goes to a file, as in production, not through a pipe this
+    # process would have to drain while it measures.
+    router = Router(path, argv=list(argv_prefix) + command + ["--config", path], log_path=path + ".log")
     router.config_path = path
     return router
 
@@ -30,8 +32,9 @@ def stop_all(*processes):
         if process is not None:
             process.stop()
             path = getattr(process, "config_path", None)
-            if path and os.path.exists(path):
-                os.unlink(path)
+            for name in (path, path and path + ".log"):
+                if name and os.path.exists(name):
+                    os.unlink(name)
 
 
 def rss_kib(pid):

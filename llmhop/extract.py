@@ -70,9 +70,14 @@ def _from_small_json(body: bytes) -> str:
     if not body.strip():
         raise ModelError("The request needs a JSON body with a 'model' field.")
     try:
-        document = json.loads(body)
+        # Decoding first skips json's encoding sniffing, written in Python;
+        # the sniffing (UTF-16, UTF-32, a BOM) is kept for bodies that fail.
+        document = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
-        raise ModelError("The request body is not valid JSON.") from None
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ModelError("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise ModelError("The request body must be a JSON object.")
     return _model_value(document.get("model", None), "model" in document)

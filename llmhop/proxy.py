@@ -60,7 +60,7 @@ def upstream_headers(request, backend: Backend, strip_authorization: bool) -> He
     """The headers to send to C{backend} for the client's C{request}."""
     incoming = request.requestHeaders
     named = _connection_tokens(incoming)
-    out = Headers()
+    out = Headers({b"Host": [backend.host]})
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
         if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in backend.replaced:
