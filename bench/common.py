@@ -5,13 +5,15 @@ Everything runs on 127.0.0.1 and is stopped by PID when the benchmark ends.
 
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.e2e.procs import BackendProcess, Router, env, llmhop_command  # noqa: E402
+from tests.e2e.procs import BackendProcess, Process, Router, env, llmhop_command  # noqa: E402
 
 
 def start_router(settings, python=None, argv_prefix=()):
@@ -25,6 +27,31 @@ def start_router(settings, python=None, argv_prefix=()):
     router = Router(path, argv=list(argv_prefix) + command + ["--config", path], log_path=path + ".log")
     router.config_path = path
     return router
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_go(binary, directory, backend, argv_prefix=()):
+    """The Go original on a fixed port (it logs its configured address, not the bound one)."""
+    port = free_port()
+    config = os.path.join(directory, "go.json")
+    with open(config, "w") as f:
+        json.dump({"listen": "127.0.0.1:%d" % port, "models": {"m": {"url": "http://127.0.0.1:%d" % backend}}}, f)
+    process = Process(list(argv_prefix) + [binary, "-config", config])
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, port
+        except OSError:
+            if time.monotonic() > deadline:
+                process.stop()
+                raise RuntimeError("the Go router did not listen: %s" % (process.output,))
+            time.sleep(0.05)
 
 
 def stop_all(*processes):
@@ -60,4 +87,4 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-__all__ = ["BackendProcess", "env", "start_router", "stop_all", "rss_kib", "fd_count", "cpu_seconds", "percentile"]
+__all__ = ["BackendProcess", "Process", "env", "free_port", "start_go", "start_router", "stop_all", "rss_kib", "fd_count", "cpu_seconds", "percentile"]

@@ -78,6 +78,20 @@ class GatewayRequest(server.Request):
         self._site.request_started(self)
         self.process()
 
+    def write(self, data: bytes) -> None:
+        # twisted.web writes a response's head and its first bytes separately;
+        # corked, they leave in one send (see llmhop.writethrough).
+        transport = self.channel.transport if not self.startedWriting and self.channel is not None else None
+        cork = getattr(transport, "cork", None)
+        if cork is None:
+            super().write(data)
+            return
+        cork()
+        try:
+            super().write(data)
+        finally:
+            transport.uncork()
+
     def finish(self) -> None:
         super().finish()
         self._log_access()

@@ -31,6 +31,7 @@ from llmhop.proxy import Upstream
 from llmhop.errors import ConfigError
 from llmhop.routing import RoutingTable
 from llmhop.workers import SignalHandlers, WorkerPool, adopt_listening
+from llmhop.writethrough import write_through
 
 # The stock pool keeps 2 idle connections per backend; a busy backend would
 # then pay a TCP (and TLS) handshake for nearly every request.
@@ -202,6 +203,7 @@ class GatewayService(service.Service):
 
     def _listened(self, port) -> None:
         self.port = port
+        write_through(port)
         _log.info("llmhop listening on {address}", address=_describe_address(port.getHost()))
         if self.worker is None:
             sd_notify(b"READY=1")

@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 
 from llmhop import config as configlib
 from llmhop.service import build_site
+from llmhop.writethrough import write_through
 from tests import backend as backendlib
 
 
@@ -46,7 +47,9 @@ def make_router():
     def make(settings, environ=None):
         config = configlib.parse(json.loads(json.dumps(settings)), environ or {})
         site = build_site(config, reactor)
-        router = Router(site, reactor.listenTCP(0, site, interface="127.0.0.1"))
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        write_through(port)  # as GatewayService does
+        router = Router(site, port)
         routers.append(router)
         return router
 
