@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional
 
 import attrs
 from twisted.internet import defer, protocol
+from twisted.internet.error import ProcessDone
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, LogLevel
 
@@ -139,12 +140,17 @@ class WorkerPool:
         lived = self.reactor.seconds() - self._started_at[index]
         delay = 1.0 if lived >= STEADY_SECONDS else min(2 * self._delays.get(index, 0.5), MAX_RESTART_DELAY)
         self._delays[index] = delay
-        _log.error(
-            "worker {index} ended unexpectedly ({why}); restarting it in {delay:.0f}s",
-            index=index,
-            why=why,
-            delay=delay,
-        )
+        if isinstance(why, ProcessDone):
+            # Told to stop by someone else: under systemd's default KillMode
+            # every process gets SIGTERM, and ours follows within the delay.
+            _log.info("worker {index} stopped; restarting it in {delay:.0f}s", index=index, delay=delay)
+        else:
+            _log.error(
+                "worker {index} ended unexpectedly ({why}); restarting it in {delay:.0f}s",
+                index=index,
+                why=why,
+                delay=delay,
+            )
         self._pending[index] = self.reactor.callLater(delay, self._spawn, index)
 
     def signal_all(self, signame: str) -> None:

@@ -160,6 +160,17 @@ def test_a_worker_that_dies_is_restarted(two_workers):
     assert set(statuses) == {200}
 
 
+def test_sigterm_to_every_process_at_once_stops_cleanly(two_workers):
+    """systemd's default KillMode signals the whole group, then the first process forwards it too."""
+    pid = worker_pid(two_workers)
+    os.kill(pid, signal.SIGTERM)
+    os.kill(two_workers.pid, signal.SIGTERM)
+    assert two_workers.wait() == 0
+    assert not pid_alive(pid)
+    assert "Traceback" not in two_workers.output and "Unhandled" not in two_workers.output
+    assert "restarting" not in two_workers.output or "worker 2 stopped" in two_workers.output
+
+
 def test_workers_do_not_outlive_the_first_process(two_workers):
     pid = worker_pid(two_workers)
     os.kill(two_workers.pid, signal.SIGKILL)
