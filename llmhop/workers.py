@@ -57,10 +57,13 @@ def worker_argv(config_path: str, index: int, parent_pid: int, relay_logs: bool)
 
 def worker_environ(environ=os.environ) -> Dict[str, str]:
     result = {name: value for name, value in environ.items() if name not in _FOREIGN_ENVIRON}
-    # A checkout run without installing must stay importable in the worker.
+    # A checkout run without installing must stay importable in the worker;
+    # an installed one is found anyway (and site directories must not move
+    # ahead of the standard library).
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [package_root] + [p for p in result.get("PYTHONPATH", "").split(os.pathsep) if p]
-    result["PYTHONPATH"] = os.pathsep.join(paths)
+    if os.path.basename(package_root) not in ("site-packages", "dist-packages"):
+        paths = [package_root] + [p for p in result.get("PYTHONPATH", "").split(os.pathsep) if p]
+        result["PYTHONPATH"] = os.pathsep.join(paths)
     return result
 
 

@@ -145,6 +145,19 @@ class BackendProcess(Process):
         self.url = "http://127.0.0.1:%d" % (self.port,)
 
 
+def socket_activated(listener, argv):
+    """C{argv} run as systemd (227 and later) runs a socket-activated service.
+
+    The socket becomes fd 3, and the environment names the receiving PID and
+    the socket.  Start it with C{pass_fds=(listener.fileno(),)}.
+    """
+    launcher = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'llmhop.socket'; os.execvp(sys.argv[2], sys.argv[2:])"
+    )
+    return [sys.executable, "-c", launcher, str(listener.fileno())] + list(argv)
+
+
 def pid_alive(pid):
     """Whether C{pid} runs (a zombie, dead but not yet reaped, does not)."""
     try:

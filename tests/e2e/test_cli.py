@@ -6,7 +6,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from llmhop import __version__
 from tests import rawhttp
 from tests.certs import ScratchCA
-from tests.e2e.procs import ROOT, Router, env, llmhop_command, write_config
+from tests.e2e.procs import ROOT, Router, env, llmhop_command, socket_activated, write_config
 
 
 def run_llmhop(*args, environ=None, cwd=ROOT):
@@ -284,15 +283,9 @@ def test_systemd_socket_activation(tmp_path, backend_process, processes):
         tmp_path / "config.json",
         {"listen": "systemd:domain=INET:index=0", "models": {"m": {"url": backend_process.url}}},
     )
-    # systemd (227 and later) passes the socket as fd 3, names the receiving
-    # PID and names the socket.
-    launcher = (
-        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'llmhop.socket'; os.execvp(sys.argv[2], sys.argv[2:])"
-    )
     router = Router(
         config,
-        argv=[sys.executable, "-c", launcher, str(listener.fileno())] + llmhop_command() + ["--config", str(config)],
+        argv=socket_activated(listener, llmhop_command() + ["--config", str(config)]),
         pass_fds=(listener.fileno(),),
     )
     processes.append(router)

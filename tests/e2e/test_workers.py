@@ -8,14 +8,13 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 
 import pytest
 
 from tests import rawhttp
 from tests.certs import ScratchCA
-from tests.e2e.procs import Process, Router, env, llmhop_command, pid_alive, twistd_command, wait_for, write_config
+from tests.e2e.procs import Process, Router, env, llmhop_command, pid_alive, socket_activated, twistd_command, wait_for, write_config
 from tests.e2e.test_cli import get, post_chat
 
 STARTED = r"started worker 2 \(pid (\d+)\)"
@@ -273,13 +272,9 @@ def test_workers_with_systemd_socket_activation(tmp_path, backend_process, proce
         tmp_path / "config.json",
         {"listen": "systemd:domain=INET:index=0", "workers": 2, "models": {"m": {"url": backend_process.url}}},
     )
-    launcher = (
-        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'llmhop.socket'; os.execvp(sys.argv[2], sys.argv[2:])"
-    )
     router = Router(
         config,
-        argv=[sys.executable, "-c", launcher, str(listener.fileno())] + llmhop_command() + ["--config", str(config)],
+        argv=socket_activated(listener, llmhop_command() + ["--config", str(config)]),
         pass_fds=(listener.fileno(),),
         environ=env(NOTIFY_SOCKET=notify_path),
     )
