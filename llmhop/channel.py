@@ -19,10 +19,10 @@ import re
 import time
 from typing import Optional
 
-from twisted.logger import Logger
 from twisted.web import http, server
 
 from llmhop import errors
+from llmhop.accesslog import AccessLog
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
@@ -30,7 +30,6 @@ _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 # Each this many body bytes received extend the upload deadline by a second.
 BODY_BYTES_PER_SECOND = 64 * 1024
 
-_access = Logger(namespace="llmhop.access")
 
 
 class GatewayRequest(server.Request):
@@ -51,6 +50,8 @@ class GatewayRequest(server.Request):
         self.started = time.monotonic()
         self._buffer: Optional[bytearray] = bytearray()
         self._logged = False
+        # Kept: the channel is gone by the time a lost request is logged.
+        self._access_log = getattr(self.channel.site, "access_log", None) or AccessLog()
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None
@@ -112,16 +113,31 @@ class GatewayRequest(server.Request):
         self._logged = True
         if self._site is not None:
             self._site.request_ended(self)
-        path = self.path if self.path is not None else b"-"
-        _access.info(
-            "{method} {path} model={model} status={status} bytes={bytes} duration={duration:.3f}s{outcome}",
-            method=_printable(self.method),
-            path=_printable(path),
-            model=_printable(self.model.encode("utf-8", "replace")) if self.model is not None else "-",
-            status=self.code if self.startedWriting else "-",
+        method = _printable(self.method)
+        path = _printable(self.path if self.path is not None else b"-")
+        model = _printable(self.model.encode("utf-8", "replace")) if self.model is not None else "-"
+        status = self.code if self.startedWriting else "-"
+        duration = time.monotonic() - self.started
+        # Formatted here, in one step: twisted.logger's formatter is pure
+        # Python per field.  The fields stay in the event for structured observers.
+        line = "%s %s model=%s status=%s bytes=%d duration=%.3fs%s" % (
+            method,
+            path,
+            model,
+            status,
+            self.sentLength,
+            duration,
+            " aborted=" + self.outcome if self.outcome else "",
+        )
+        self._access_log(
+            line,
+            method=method,
+            path=path,
+            model=model,
+            status=status,
             bytes=self.sentLength,
-            duration=time.monotonic() - self.started,
-            outcome=" aborted=" + self.outcome if self.outcome else "",
+            duration=duration,
+            outcome=self.outcome,
         )
 
 

@@ -98,10 +98,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     system = "worker %d" % (worker or 1,) if worker or config.workers > 1 else None
     globalLogBeginner.beginLoggingTo([log_observer(sys.stderr, system, args.log_plain)], redirectStandardIO=False)
+    from llmhop.accesslog import DEFAULT_SYSTEM, AccessLog
     from llmhop.service import GatewayService
 
+    # Straight to stderr, in the same format as the other lines, and cheaper.
+    access_log = AccessLog(sys.stderr, system or DEFAULT_SYSTEM, plain=args.log_plain)
     path = os.path.abspath(args.config)
-    gateway = GatewayService(config, reactor, path, worker=worker, handle_signals=True)
+    gateway = GatewayService(config, reactor, path, worker=worker, handle_signals=True, access_log=access_log)
     gateway.privilegedStartService()
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)

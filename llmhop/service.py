@@ -23,6 +23,7 @@ from twisted.web import server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 
 from llmhop import config as configlib
+from llmhop.accesslog import AccessLog
 from llmhop.auth import Authenticator
 from llmhop.channel import GatewayChannel, GatewayRequest
 from llmhop.endpoints import CachedEndpointFactory
@@ -45,8 +46,11 @@ class GatewaySite(server.Site):
     requestFactory = GatewayRequest
     noisy = False
 
-    def __init__(self, gateway: Gateway, timeouts: configlib.Timeouts, reactor) -> None:
+    def __init__(
+        self, gateway: Gateway, timeouts: configlib.Timeouts, reactor, access_log: Optional[AccessLog] = None
+    ) -> None:
         super().__init__(gateway, timeout=timeouts.idle, reactor=reactor)
+        self.access_log = access_log or AccessLog()
         self.gateway = gateway
         self.timeouts = timeouts
         self.in_flight: Set[GatewayRequest] = set()
@@ -108,9 +112,9 @@ def build_gateway(config: configlib.Config, reactor, pool: HTTPConnectionPool) -
     )
 
 
-def build_site(config: configlib.Config, reactor) -> GatewaySite:
+def build_site(config: configlib.Config, reactor, access_log: Optional[AccessLog] = None) -> GatewaySite:
     pool = build_pool(config, reactor)
-    site = GatewaySite(build_gateway(config, reactor, pool), config.timeouts, reactor)
+    site = GatewaySite(build_gateway(config, reactor, pool), config.timeouts, reactor, access_log)
     site.pool = pool
     return site
 
@@ -149,6 +153,7 @@ class GatewayService(service.Service):
     @param handle_signals: own SIGTERM/SIGINT/SIGHUP (not for in-process use).
     @param relay_logs: workers log through this process (twistd's log file)
         rather than to the stderr they share with it.
+    @param access_log: where access lines go (default: twisted.logger).
     """
 
     def __init__(
@@ -159,13 +164,14 @@ class GatewayService(service.Service):
         worker: Optional[int] = None,
         handle_signals: bool = False,
         relay_logs: bool = False,
+        access_log: Optional[AccessLog] = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.config_path = config_path
         self.worker = worker
         self.handle_signals = handle_signals
-        self.site = build_site(config, reactor)
+        self.site = build_site(config, reactor, access_log)
         self.port = None
         self.failed = False
         self._listening: Optional[defer.Deferred] = None

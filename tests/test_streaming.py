@@ -139,6 +139,7 @@ def test_client_leaving_during_upload_is_logged_and_not_forwarded(router, backen
     finally:
         globalLogPublisher.removeObserver(observe)
     assert (lines[0]["method"], lines[0]["path"]) == ("POST", "/v1/chat/completions")
-    assert lines[0]["outcome"] == " aborted=client-gone"
+    assert lines[0]["outcome"] == "client-gone"
+    assert lines[0]["line"].endswith(" aborted=client-gone")
     assert lines[0]["status"] == "-"
     assert "upload" not in backend.events

@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import re
 import signal
 import socket
 import ssl
@@ -206,6 +207,8 @@ def test_access_log_line_per_request_without_query_or_secrets(backend_process, s
     size = len(response.read())
     conn.close()
     line = router.wait_for_line(r"POST /v1/chat/completions model=m status=200").string
+    # The same shape as the router's other lines: local time, then the source.
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[llmhop\.access#info\] POST ", line), line
     assert "bytes=%d" % (size,) in line
     assert "duration=" in line
     status, _ = get(port, "/v1/models", {"Authorization": "Bearer wrong-guess"})

@@ -1,0 +1,49 @@
+"""Where the access log's one line per request goes.
+
+By default through twisted.logger, so that twistd's log file, syslog or any
+observer gets it.  The ``llmhop`` command writes it straight to its stderr
+instead, in the same format as its other lines: twisted.logger's formatting
+and dispatch cost a small request about 15% of its CPU (bench/RESULTS.md).
+"""
+
+import time
+from typing import Optional, TextIO
+
+import attrs
+from twisted.logger import Logger
+
+_access = Logger(namespace="llmhop.access")
+
+# What textFileLogObserver shows for an event without a log_system.
+DEFAULT_SYSTEM = "llmhop.access#info"
+
+
+@attrs.define
+class AccessLog:
+    """Call with the line and its fields; C{stream} None means twisted.logger.
+
+    @ivar plain: write C{info LINE} for a supervisor to relay (see
+        L{llmhop.workers}) rather than timestamped lines.
+    """
+
+    stream: Optional[TextIO] = None
+    system: str = DEFAULT_SYSTEM
+    plain: bool = False
+    _second: int = -1
+    _prefix: str = ""
+
+    def __call__(self, line: str, **fields) -> None:
+        if self.stream is None:
+            _access.info("{line}", line=line, **fields)
+            return
+        self.stream.write(self._line_prefix() + line + "\n")
+
+    def _line_prefix(self) -> str:
+        if self.plain:
+            return "info "
+        second = int(time.time())
+        if second != self._second:
+            # textFileLogObserver's format, computed once a second.
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
+            self._second, self._prefix = second, "%s [%s] " % (stamp, self.system)
+        return self._prefix
