@@ -18,10 +18,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LISTENING = re.compile(r"llmhop listening on (\S+)")
 
 
+# Set to an installed llmhop command (e.g. /usr/bin/llmhop from the .deb) to
+# run the end-to-end tests against it instead of this checkout.
+UNDER_TEST = os.environ.get("LLMHOP_UNDER_TEST")
+
+
 def env(**extra):
-    """The environment for a child: this checkout importable, plus C{extra}."""
+    """The environment for a child: this checkout importable (unless an installed llmhop is under test), plus C{extra}."""
     result = dict(os.environ)
-    result["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    if not UNDER_TEST:
+        result["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     result["PYTHONUNBUFFERED"] = "1"
     for name, value in extra.items():
         if value is None:
@@ -32,7 +38,9 @@ def env(**extra):
 
 
 def llmhop_command():
-    """The installed console script when there is one, else the module."""
+    """The command under test, else the console script next to this Python, else the module."""
+    if UNDER_TEST:
+        return [UNDER_TEST]
     script = os.path.join(os.path.dirname(sys.executable), "llmhop")
     return [script] if os.path.exists(script) else [sys.executable, "-m", "llmhop"]
 
