@@ -111,7 +111,7 @@ def with_workers(config: Config, workers: Optional[int]) -> Config:
     if workers is None:
         return config
     try:
-        check_shareable(config.listen, workers, "--workers")
+        workers = _workers(workers, config.listen, "--workers")
     except ConfigError as e:
         sys.stderr.write("llmhop: %s\n" % (e,))
         raise SystemExit(1) from None
@@ -151,19 +151,16 @@ SHAREABLE_LISTEN = ("tcp", "tcp6", "unix", "ssl", "systemd")
 MAX_WORKERS = 256
 
 
-def _workers(value: Any, listen: str) -> int:
-    workers = _positive_int(value, "workers")
+def _workers(value: Any, listen: str, place: str = "workers") -> int:
+    """The config's C{workers}, or the command line's C{--workers} (C{place})."""
+    workers = _positive_int(value, place)
     if workers > MAX_WORKERS:
-        raise ConfigError("workers", "at most %d" % (MAX_WORKERS,))
-    check_shareable(listen, workers, "workers")
-    return workers
-
-
-def check_shareable(listen: str, workers: int, place: str) -> None:
+        raise ConfigError(place, "at most %d" % (MAX_WORKERS,))
     if workers > 1 and listen.partition(":")[0] not in SHAREABLE_LISTEN:
         raise ConfigError(
             place, "several workers need a listen form they can share: %s" % (", ".join(SHAREABLE_LISTEN),)
         )
+    return workers
 
 
 def listen_endpoint(listen: str) -> str:

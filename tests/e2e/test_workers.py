@@ -295,6 +295,15 @@ def test_workers_with_systemd_socket_activation(tmp_path, backend_process, proce
             notify.recv(100)
 
 
+def test_workers_flag_has_the_config_keys_bound(tmp_path):
+    config = write_config(tmp_path / "c.json", {"models": {"m": {"url": "http://127.0.0.1:9"}}})
+    result = subprocess.run(
+        llmhop_command() + ["--config", str(config), "--workers", "1000"], env=env(), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr == "llmhop: --workers: at most 256\n"
+
+
 def test_workers_flag_needs_a_shareable_listen(tmp_path):
     config = write_config(tmp_path / "c.json", {"listen": "onion:80", "models": {"m": {"url": "http://127.0.0.1:9"}}})
     result = subprocess.run(
