@@ -22,14 +22,12 @@ from typing import Optional
 from twisted.web import http, server
 
 from llmhop import errors
-from llmhop.accesslog import AccessLog
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
 _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 # Each this many body bytes received extend the upload deadline by a second.
 BODY_BYTES_PER_SECOND = 64 * 1024
-
 
 
 class GatewayRequest(server.Request):
@@ -51,7 +49,7 @@ class GatewayRequest(server.Request):
         self._buffer: Optional[bytearray] = bytearray()
         self._logged = False
         # Kept: the channel is gone by the time a lost request is logged.
-        self._access_log = getattr(self.channel.site, "access_log", None) or AccessLog()
+        self._access_log = self.channel.site.access_log
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None

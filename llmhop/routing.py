@@ -27,7 +27,6 @@ class Backend:
     # spares Agent a copy of the headers on every request.
     host: bytes
 
-
     @classmethod
     def from_config(cls, model: ModelConfig) -> "Backend":
         headers = tuple((n.encode("ascii"), v.encode("utf-8")) for n, v in model.headers)

@@ -61,7 +61,8 @@ class WriteThroughMixin:
                     return
             if sent == len(data):
                 return
-            data = bytes(memoryview(data)[sent:])
+            if sent:
+                data = bytes(memoryview(data)[sent:])
         super().write(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
