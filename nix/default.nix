@@ -1,0 +1,66 @@
+# The flake's outputs (flake.nix stays thin and calls this).
+{
+  self,
+  nixpkgs,
+  quadlet-nix,
+  ...
+}:
+let
+  inherit (nixpkgs) lib;
+  systems = [
+    "x86_64-linux"
+    "aarch64-linux"
+    "x86_64-darwin"
+    "aarch64-darwin"
+  ];
+  forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+  isLinux = pkgs: pkgs.stdenv.hostPlatform.isLinux;
+in
+{
+  overlays.default = final: _prev: { llmhop = final.callPackage ./package.nix { }; };
+
+  packages = forAllSystems (pkgs: {
+    default = self.packages.${pkgs.stdenv.hostPlatform.system}.llmhop;
+    llmhop = pkgs.callPackage ./package.nix { };
+  });
+
+  # nix run github:OWNER/llmhop -- --config config.json
+  apps = forAllSystems (pkgs: {
+    default = {
+      type = "app";
+      program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.llmhop;
+    };
+  });
+
+  nixosModules = {
+    # services.llmhop with everything it can run (sglang and vLLM need
+    # quadlet-nix's module; import this one, not quadlet-nix's as well, or
+    # make both the same with `inputs.llmhop.inputs.quadlet-nix.follows`).
+    default = {
+      imports = [
+        ./module.nix
+        quadlet-nix.nixosModules.quadlet
+      ];
+    };
+    # services.llmhop alone, for those who import quadlet-nix themselves.
+    llmhop = ./module.nix;
+  };
+
+  checks = forAllSystems (
+    pkgs:
+    {
+      package = self.packages.${pkgs.stdenv.hostPlatform.system}.llmhop;
+      module-eval = pkgs.writeText "llmhop-module-eval.json" (
+        builtins.toJSON (import ./tests/eval.nix { inherit lib quadlet-nix; })
+      );
+    }
+    // lib.optionalAttrs (isLinux pkgs) {
+      vm = import ./tests/vm.nix {
+        inherit pkgs;
+        module = self.nixosModules.default;
+      };
+    }
+  );
+
+  formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+}
