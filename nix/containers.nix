@@ -1,0 +1,435 @@
+# services.llmhop.sglang and services.llmhop.vllm: one rootless Podman
+# container per model, rendered by quadlet-nix and run by the systemd *user*
+# manager of a lingering system user (`sglang`, `vllm`) that owns the model
+# cache, its sub-UID range and its container store.
+#
+# Why user units, not system units with User=: the system manager's
+# `daemon-reload` (which every `nixos-rebuild switch` does) rewrites the
+# device cgroup of system units' containers, and GPU containers lose their
+# devices ("Failed to initialize NVML: Unknown Error", the
+# nvidia-container-toolkit daemon-reload family of issues, #48 and #648). A
+# user manager is not reloaded by that.
+#
+# How: quadlet-nix renders each container (its option types and escaping) into
+# the user's ~/.config/containers/systemd, where Podman's user generator turns
+# it into a user unit. A system oneshot, `<kind>-models.service`, owns that
+# directory and starts, restarts or stops the user units when the
+# configuration changes, one model after another.
+{
+  config,
+  lib,
+  pkgs,
+  options,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  llmhopLib = import ./lib.nix { inherit lib; };
+
+  hasQuadlet = options ? virtualisation && options.virtualisation ? quadlet;
+  # quadlet-nix's own container type, so these containers take every option
+  # quadlet-nix knows and are escaped the same way.
+  containerType =
+    if hasQuadlet then options.virtualisation.quadlet.containers.type.nestedTypes.elemType else types.anything;
+
+  # Inside the container, the server listens on all of the container's
+  # addresses; Podman publishes the port on the host's loopback only.
+  backends = {
+    sglang = {
+      title = "sglang";
+      image = "docker.io/lmsysorg/sglang";
+      subUidStart = 2100000000;
+      settingsExample = {
+        mem-fraction-static = 0.85;
+        context-length = 32768;
+      };
+      command = name: model: {
+        entrypoint = "python3";
+        exec = [
+          "-m"
+          "sglang.launch_server"
+          "--model-path"
+          model.model
+          "--served-model-name"
+          name
+        ];
+      };
+    };
+    vllm = {
+      title = "vLLM";
+      image = "docker.io/vllm/vllm-openai";
+      subUidStart = 2200000000;
+      settingsExample = {
+        max-model-len = 32768;
+        gpu-memory-utilization = 0.9;
+      };
+      command = name: model: {
+        entrypoint = "vllm";
+        exec = [
+          "serve"
+          model.model
+          "--served-model-name"
+          name
+        ];
+      };
+    };
+  };
+
+  # Models load one kind after the other (llmhopLib.kinds): each kind's
+  # oneshot waits for the units of the kinds before it.
+  startedUnitOf =
+    kind:
+    if kind == "llama-cpp" then
+      map (name: "llama-cpp-${llmhopLib.unitSafe name}.service") (
+        lib.attrNames (llmhopLib.enabledModels config.services.llmhop.llama-cpp)
+      )
+    else
+      lib.optional config.services.llmhop.${kind}.enable "${kind}-models.service";
+  kindsBefore = kind: lib.take (lib.lists.findFirstIndex (k: k == kind) 0 llmhopLib.kinds) llmhopLib.kinds;
+
+  backendOptions =
+    kind: spec:
+    llmhopLib.mkBackendOptions {
+      inherit kind;
+      inherit (spec) title settingsExample;
+      modelsExample = {
+        "qwen3-8b" = {
+          port = 30010;
+          model = "Qwen/Qwen3-8B";
+        };
+      };
+      modelOptions = name: {
+        model = mkOption {
+          type = types.str;
+          default = name;
+          defaultText = lib.literalMD "the attribute name";
+          example = "Qwen/Qwen3-8B";
+          description = ''
+            The Hugging Face repository (or a path inside the container) the
+            server loads. Clients still ask for the attribute name: the server
+            is told to answer to it (`--served-model-name`).
+          '';
+        };
+        shmSize = mkOption {
+          type = types.str;
+          default = "16g";
+          example = "32g";
+          description = "The size of the container's /dev/shm (tensor parallel workers talk through it).";
+        };
+      };
+      backendOptions = {
+        image = mkOption {
+          type = types.str;
+          default = spec.image;
+          description = "The ${spec.title} container image, without tag.";
+        };
+        tag = mkOption {
+          type = types.str;
+          default = "latest";
+          example = "v0.11.0";
+          description = "The image tag. Pin one: `latest` changes under you when the image is pulled again.";
+        };
+        user = mkOption {
+          type = types.str;
+          default = kind;
+          description = ''
+            The user whose systemd user manager runs the containers. The
+            default user is created as a system user (home
+            `/var/lib/${kind}`, holding the container store), together with
+            a `${kind}-shell` command that opens a login shell as it
+            (`podman ps`, `systemctl --user status`, `journalctl --user`).
+            Another user must exist already; it is given lingering and the
+            sub-UID range below.
+          '';
+        };
+        cacheDir = mkOption {
+          type = types.str;
+          default = "/var/cache/${kind}";
+          description = ''
+            The Hugging Face cache on the host, owned by `user` and mounted
+            into every container, so models are downloaded once.
+          '';
+        };
+        subUidStart = mkOption {
+          type = types.ints.unsigned;
+          default = spec.subUidStart;
+          description = ''
+            The first of the sub-UIDs and sub-GIDs of `user` (the container's
+            users map to them). The default lies far above NixOS's automatic
+            ranges (100000 + 65536·n).
+          '';
+        };
+        subUidCount = mkOption {
+          type = types.ints.positive;
+          default = 65536;
+          description = "How many sub-UIDs and sub-GIDs `user` gets.";
+        };
+        devices = mkOption {
+          type = types.listOf types.str;
+          default = [ "nvidia.com/gpu=all" ];
+          example = [ "nvidia.com/gpu=0" ];
+          description = ''
+            Devices given to every container: CDI names (NVIDIA's need
+            `hardware.nvidia-container-toolkit.enable`) or device paths.
+          '';
+        };
+        startTimeout = mkOption {
+          type = types.str;
+          default = "1h";
+          example = "20min";
+          description = ''
+            How long a container may take to pull, download its model and
+            become healthy before its unit fails.
+          '';
+        };
+        scripts = mkOption {
+          type = types.attrsOf types.package;
+          internal = true;
+          readOnly = true;
+          description = "The scripts of `${kind}-models.service` (apply, stop).";
+        };
+        containers = mkOption {
+          type = types.attrsOf containerType;
+          internal = true;
+          visible = false;
+          default = { };
+          description = "The quadlet-nix containers rendered from `models`.";
+        };
+      };
+    };
+
+  backendConfig =
+    kind: spec:
+    let
+      cfg = config.services.llmhop.${kind};
+      models = llmhopLib.enabledModels cfg;
+      unitName = name: "${kind}-${llmhopLib.unitSafe name}";
+      ordered = lib.attrNames models;
+      isDefaultUser = cfg.user == kind;
+      group = if isDefaultUser then kind else config.users.users.${cfg.user}.group;
+      home = if isDefaultUser then "/var/lib/${kind}" else config.users.users.${cfg.user}.home;
+      hfHome = "/root/.cache/huggingface";
+
+      container = index: name: model: {
+        containerConfig = {
+          inherit (spec.command name model) entrypoint;
+          # The server's own flags; host and port last so that no setting can
+          # move it off the port llmhop routes to.
+          exec =
+            (spec.command name model).exec
+            ++ llmhopLib.toFlags (cfg.modelSettings // model.settings)
+            ++ model.extraArgs
+            ++ [
+              "--host"
+              "0.0.0.0"
+              "--port"
+              (toString model.port)
+            ];
+          image = "${cfg.image}:${cfg.tag}";
+          devices = cfg.devices;
+          publishPorts = [ "127.0.0.1:${toString model.port}:${toString model.port}" ];
+          volumes = [ "${cfg.cacheDir}:${hfHome}" ];
+          environments = {
+            HF_HOME = hfHome;
+          }
+          // cfg.environment
+          // model.environment;
+          environmentFiles = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+          shmSize = model.shmSize;
+          # The unit counts as started once the server answers, which is
+          # what makes "one model after another" mean something.
+          notify = "healthy";
+          healthCmd = "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:${toString model.port}/health', timeout=5)\"";
+          healthInterval = "10s";
+          healthRetries = 3;
+          healthStartPeriod = cfg.startTimeout;
+        };
+        unitConfig = {
+          Description = "${spec.title} server of model ${name} (llmhop worker)";
+        }
+        // lib.optionalAttrs (index > 0) {
+          After = "${unitName (lib.elemAt ordered (index - 1))}.service";
+        };
+        serviceConfig = {
+          TimeoutStartSec = cfg.startTimeout;
+          Restart = "on-failure";
+          RestartSec = 30;
+        };
+      };
+
+      quadlets = lib.mapAttrs' (
+        name: c: lib.nameValuePair c.ref (pkgs.writeText c.ref c._configText)
+      ) cfg.containers;
+      unitDir = pkgs.linkFarm "${kind}-quadlets" quadlets;
+      units = map (name: "${unitName name}.service") ordered;
+      hashes = lib.listToAttrs (
+        map (
+          name:
+          lib.nameValuePair "${unitName name}.service" (
+            builtins.hashString "sha256" cfg.containers.${unitName name}._configText
+          )
+        ) ordered
+      );
+
+      userctl = ''systemctl --user --machine=${lib.escapeShellArg "${cfg.user}@"}'';
+      apply = pkgs.writeShellApplication {
+        name = "${kind}-models-apply";
+        runtimeInputs = [
+          pkgs.coreutils
+          pkgs.systemd
+        ];
+        text = ''
+          state="$STATE_DIRECTORY"
+          uid=$(id -u ${lib.escapeShellArg cfg.user})
+          systemctl start "user@$uid.service"
+          install -d -o ${lib.escapeShellArg cfg.user} -g ${lib.escapeShellArg group} -m 0700 \
+            ${lib.escapeShellArg "${home}/.config"} ${lib.escapeShellArg "${home}/.config/containers"}
+          ln -sfn ${unitDir} ${lib.escapeShellArg "${home}/.config/containers/systemd"}
+          ${userctl} daemon-reload
+
+          declare -A want=(${
+            lib.concatStrings (lib.mapAttrsToList (unit: hash: "[${unit}]=${hash} ") hashes)
+          })
+          # Models that are gone, or whose container changed, are stopped.
+          for file in "$state"/*.service; do
+            [ -e "$file" ] || continue
+            unit=$(basename "$file")
+            if [ "''${want[$unit]:-}" != "$(cat "$file")" ]; then
+              ${userctl} stop "$unit" || true
+              rm -f "$file"
+            fi
+          done
+          for unit in "''${!want[@]}"; do
+            printf '%s' "''${want[$unit]}" > "$state/$unit"
+          done
+          # One transaction: the After= chain loads them one by one. At boot
+          # this returns once all are healthy (or one failed), so the next
+          # kind waits; a switch passes --no-block rather than wait for them.
+          ${lib.optionalString (units != [ ]) ''${userctl} start "$@" ${lib.escapeShellArgs units}''}
+        '';
+      };
+      stop = pkgs.writeShellApplication {
+        name = "${kind}-models-stop";
+        runtimeInputs = [ pkgs.systemd ];
+        text = ''
+          ${lib.optionalString (units != [ ]) "${userctl} stop ${lib.escapeShellArgs units} || true"}
+          rm -f ${lib.escapeShellArg "${home}/.config/containers/systemd"} "$STATE_DIRECTORY"/*.service
+        '';
+      };
+    in
+    lib.mkIf cfg.enable {
+      assertions = [
+        {
+          assertion = hasQuadlet;
+          message = "services.llmhop.${kind} runs its containers through quadlet-nix: import quadlet-nix's NixOS module (llmhop's flake output nixosModules.default does).";
+        }
+        {
+          assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
+          message = "services.llmhop.${kind}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
+        }
+      ];
+
+      services.llmhop.workers = lib.mapAttrsToList (name: model: {
+        inherit kind name;
+        inherit (model) port;
+      }) models;
+
+      services.llmhop.${kind} = {
+        scripts = { inherit apply stop; };
+        containers = lib.listToAttrs (
+          lib.imap0 (index: name: lib.nameValuePair (unitName name) (container index name models.${name})) ordered
+        );
+      };
+
+      # Podman, its user generator and the newuidmap wrappers. (Guarded, so
+      # that without quadlet-nix the assertion above is what the user sees.)
+      virtualisation = lib.optionalAttrs hasQuadlet { quadlet.enable = true; };
+
+      users.users.${cfg.user} = lib.mkMerge [
+        {
+          # Its user manager runs from boot on, without a login.
+          linger = true;
+          subUidRanges = [
+            {
+              startUid = cfg.subUidStart;
+              count = cfg.subUidCount;
+            }
+          ];
+          subGidRanges = [
+            {
+              startGid = cfg.subUidStart;
+              count = cfg.subUidCount;
+            }
+          ];
+        }
+        (lib.mkIf isDefaultUser {
+          isSystemUser = true;
+          group = kind;
+          description = "${spec.title} model containers (llmhop)";
+          inherit home;
+          createHome = true;
+          # For ${kind}-shell (machinectl shell).
+          useDefaultShell = true;
+        })
+      ];
+      users.groups = lib.mkIf isDefaultUser { ${kind} = { }; };
+
+      systemd.tmpfiles.rules = [ "d ${cfg.cacheDir} 0700 ${cfg.user} ${group} - -" ];
+
+      systemd.services."${kind}-models" = {
+        description = "${spec.title} model containers of user ${cfg.user}, started one after another (llmhop workers)";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [
+          "network-online.target"
+          "systemd-tmpfiles-setup.service"
+        ]
+        ++ lib.concatMap startedUnitOf (kindsBefore kind);
+        # A new configuration is applied in place: only the containers that
+        # changed are restarted.
+        reloadIfChanged = true;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = lib.getExe apply;
+          ExecReload = "${lib.getExe apply} --no-block";
+          ExecStop = lib.getExe stop;
+          TimeoutStartSec = "infinity";
+          StateDirectory = "llmhop-${kind}";
+        };
+      };
+
+      environment.systemPackages = lib.mkIf isDefaultUser [
+        (pkgs.writeShellApplication {
+          name = "${kind}-shell";
+          runtimeInputs = [ pkgs.systemd ];
+          text = ''exec machinectl shell ${lib.escapeShellArg "${cfg.user}@"} "$@"'';
+        })
+      ];
+    };
+in
+{
+  options.services.llmhop = lib.mapAttrs backendOptions backends;
+
+  config = lib.mkMerge (
+    lib.mapAttrsToList backendConfig backends
+    ++ [
+      {
+        assertions =
+          let
+            sglang = config.services.llmhop.sglang;
+            vllm = config.services.llmhop.vllm;
+          in
+          [
+            {
+              assertion =
+                !(sglang.enable && vllm.enable)
+                || sglang.subUidStart + sglang.subUidCount <= vllm.subUidStart
+                || vllm.subUidStart + vllm.subUidCount <= sglang.subUidStart;
+              message = "services.llmhop.sglang and services.llmhop.vllm: their sub-UID ranges overlap.";
+            }
+          ];
+      }
+    ]
+  );
+}

@@ -1,0 +1,205 @@
+# Helpers shared by the llmhop module and its worker modules (llama.cpp,
+# sglang, vLLM). Plain functions of nixpkgs' `lib`, so the evaluation test
+# can use them without the rest of nixpkgs.
+{ lib }:
+let
+  inherit (lib) mkOption types;
+in
+rec {
+  # The order in which worker kinds start: every model of one kind is up
+  # before the next kind loads, so two kinds never compete for GPU memory
+  # while both are loading.
+  kinds = [
+    "llama-cpp"
+    "sglang"
+    "vllm"
+  ];
+
+  # `{ hf-repo = "x"; flash-attn = true; ctx-size = 8192; }` ->
+  # `[ "--ctx-size" "8192" "--flash-attn" "--hf-repo" "x" ]`; false and null
+  # leave the flag out, a list repeats it.
+  toFlags = lib.cli.toGNUCommandLine { };
+
+  # Model names are routing names and may hold "/" or ":"
+  # ("meta-llama/Llama-3.1-8B"); systemd units and Podman containers allow
+  # fewer characters.
+  unitSafe =
+    name:
+    lib.concatMapStrings (c: if builtins.match "[A-Za-z0-9_.-]" c != null then c else "-") (
+      lib.stringToCharacters name
+    );
+
+  enabledModels = backend: lib.filterAttrs (_: model: model.enable) backend.models;
+
+  # Names that occur more than once in a list.
+  duplicates =
+    names:
+    lib.unique (
+      lib.filter (name: lib.length (lib.filter (other: other == name) names) > 1) names
+    );
+
+  loopbackUrl = port: "http://127.0.0.1:${toString port}";
+
+  # One value of a command line flag, as `toFlags` renders it.
+  flagValue =
+    let
+      scalar = types.oneOf [
+        types.bool
+        types.int
+        types.float
+        types.str
+      ];
+    in
+    types.nullOr (types.either scalar (types.listOf scalar));
+
+  # Options every worker kind has; `modelOptions` and `backendOptions` add
+  # the kind's own.
+  mkBackendOptions =
+    {
+      kind,
+      title,
+      settingsExample,
+      modelsExample,
+      modelOptions ? _: { },
+      backendOptions ? { },
+    }:
+    {
+      enable = lib.mkEnableOption "${title} workers: one server per model in `models`, each on its own loopback port and registered as a route of llmhop automatically";
+
+      environment = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = {
+          HF_HUB_OFFLINE = "1";
+        };
+        description = ''
+          Environment of every ${title} server. It lands in the world-readable
+          Nix store: put tokens in `environmentFile` instead.
+        '';
+      };
+
+      environmentFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/huggingface.env";
+        description = ''
+          A file of `NAME=value` lines added to the environment of every
+          ${title} server (e.g. `HF_TOKEN=…` for gated models). It is read
+          when a server starts, never copied into the Nix store. For the
+          containers (sglang, vLLM) it must be readable by their `user`:
+          rootless Podman reads it.
+        '';
+      };
+
+      modelSettings = mkOption {
+        type = types.attrsOf flagValue;
+        default = { };
+        example = settingsExample;
+        description = ''
+          Command line flags for every ${title} model, overridden by a
+          model's own `settings`. A name becomes `--name`, `true` a bare flag,
+          `false` or `null` nothing, a list a repeated flag.
+        '';
+      };
+
+      models = mkOption {
+        default = { };
+        example = modelsExample;
+        description = ''
+          The models to serve, by the name clients ask for. Each gets its own
+          server on `127.0.0.1:port`, and llmhop routes the name to it.
+        '';
+        type = types.attrsOf (
+          types.submodule (
+            { name, ... }:
+            {
+              options = {
+                enable = mkOption {
+                  type = types.bool;
+                  default = true;
+                  description = "Whether to run the server of model `${name}`.";
+                };
+                port = mkOption {
+                  type = types.port;
+                  example = 30000;
+                  description = ''
+                    The loopback port of this model's server; every worker needs
+                    its own.
+                  '';
+                };
+                settings = mkOption {
+                  type = types.attrsOf flagValue;
+                  default = { };
+                  example = settingsExample;
+                  description = ''
+                    Command line flags of this model's server, on top of
+                    `modelSettings` (same rendering).
+                  '';
+                };
+                environment = mkOption {
+                  type = types.attrsOf types.str;
+                  default = { };
+                  example = {
+                    CUDA_VISIBLE_DEVICES = "1";
+                  };
+                  description = "Environment of this model's server, on top of the kind's `environment`.";
+                };
+                extraArgs = mkOption {
+                  type = types.listOf types.str;
+                  default = [ ];
+                  example = [ "--verbose" ];
+                  description = "Arguments appended to this model's server command line as they are.";
+                };
+              }
+              // modelOptions name;
+            }
+          )
+        );
+      };
+    }
+    // backendOptions;
+
+  # The sandbox every llmhop-managed system unit starts from.
+  hardening = {
+    DynamicUser = true;
+    UMask = "0077";
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateUsers = true;
+    PrivateMounts = true;
+    DevicePolicy = "closed";
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictAddressFamilies = [
+      "AF_INET"
+      "AF_INET6"
+      "AF_UNIX"
+    ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    RemoveIPC = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+      "~@resources"
+    ];
+    SystemCallErrorNumber = "EPERM";
+    # No MemoryDenyWriteExecute: pyOpenSSL's cffi callbacks (TLS listen
+    # addresses, https:// backends) and GPU runtimes map writable and
+    # executable memory.
+  };
+}

@@ -1,0 +1,143 @@
+# services.llmhop.llama-cpp: one native, hardened system unit per model,
+# `llama-cpp-<name>`, running llama.cpp's llama-server on a loopback port.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  llmhopLib = import ./lib.nix { inherit lib; };
+  cfg = config.services.llmhop.llama-cpp;
+  models = llmhopLib.enabledModels cfg;
+  unitName = name: "llama-cpp-${llmhopLib.unitSafe name}";
+
+  # Started one after another, in name order: a unit counts as started only
+  # once its model answers (see ExecStartPost), so two models never load at
+  # the same time.
+  ordered = lib.attrNames models;
+  previous = lib.listToAttrs (
+    lib.zipListsWith (prev: name: lib.nameValuePair name (unitName prev)) ordered (lib.drop 1 ordered)
+  );
+
+  # llmhop and the model name are in front; host and port come last so that
+  # no setting can move the server off the port llmhop routes to.
+  commandLine =
+    name: model:
+    [ (lib.getExe' cfg.package "llama-server") ]
+    ++ llmhopLib.toFlags ({ alias = name; } // cfg.modelSettings // model.settings)
+    ++ model.extraArgs
+    ++ [
+      "--host"
+      "127.0.0.1"
+      "--port"
+      (toString model.port)
+    ];
+
+  waitUntilServing =
+    name: model:
+    pkgs.writeShellScript "llama-cpp-${llmhopLib.unitSafe name}-ready" ''
+      # /health answers 503 while the model loads and 200 once it serves.
+      until ${lib.getExe pkgs.curl} --silent --fail --output /dev/null \
+          http://127.0.0.1:${toString model.port}/health; do
+        sleep 1
+      done
+    '';
+
+  unit = name: model: {
+    description = "llama.cpp server of model ${name} (llmhop worker)";
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ] ++ lib.optional (previous ? ${name}) "${previous.${name}}.service";
+    environment = {
+      # Models fetched with --hf-repo are kept across restarts and shared by
+      # all llama.cpp units (they run as the same dynamic user).
+      LLAMA_CACHE = "/var/cache/llama-cpp";
+      HOME = "/var/lib/llama-cpp";
+    }
+    // cfg.environment
+    // model.environment;
+    serviceConfig = llmhopLib.hardening // {
+      Type = "exec";
+      ExecStart = lib.escapeShellArgs (commandLine name model);
+      ExecStartPost = waitUntilServing name model;
+      # Downloading and loading a large model takes a while.
+      TimeoutStartSec = cfg.startTimeout;
+      Restart = "on-failure";
+      RestartSec = 10;
+      # One dynamic user for all llama.cpp units, so that they share the
+      # model cache.
+      User = "llama-cpp";
+      Group = "llama-cpp";
+      StateDirectory = "llama-cpp";
+      CacheDirectory = "llama-cpp";
+      WorkingDirectory = "/var/lib/llama-cpp";
+      # GPU access: the device nodes are reachable through these groups
+      # (NVIDIA's are world-accessible; /dev/dri and /dev/kfd are not).
+      PrivateDevices = false;
+      DevicePolicy = "auto";
+      SupplementaryGroups = [
+        "video"
+        "render"
+      ];
+      # llama.cpp sets thread priorities and may lock the model in memory.
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged"
+      ];
+      EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+    };
+  };
+in
+{
+  options.services.llmhop.llama-cpp = llmhopLib.mkBackendOptions {
+    kind = "llama-cpp";
+    title = "llama.cpp";
+    settingsExample = {
+      hf-repo = "ggml-org/gemma-3-1b-it-GGUF";
+      ctx-size = 8192;
+      n-gpu-layers = 999;
+    };
+    modelsExample = {
+      "gemma-3-1b" = {
+        port = 30001;
+        settings.hf-repo = "ggml-org/gemma-3-1b-it-GGUF";
+      };
+    };
+    backendOptions = {
+      package = lib.mkPackageOption pkgs "llama-cpp" {
+        extraDescription = ''
+          For a GPU, a build with its backend, e.g.
+          `pkgs.llama-cpp.override { cudaSupport = true; }`.
+        '';
+      };
+      startTimeout = mkOption {
+        type = types.str;
+        default = "1h";
+        example = "15min";
+        description = ''
+          How long a model may take to download and load before its unit
+          fails (systemd's `TimeoutStartSec=`).
+        '';
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    services.llmhop.workers = lib.mapAttrsToList (name: model: {
+      kind = "llama-cpp";
+      inherit name;
+      inherit (model) port;
+    }) models;
+
+    assertions = [
+      {
+        assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
+        message = "services.llmhop.llama-cpp.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
+      }
+    ];
+
+    systemd.services = lib.mapAttrs' (name: model: lib.nameValuePair (unitName name) (unit name model)) models;
+  };
+}

@@ -1,0 +1,285 @@
+# services.llmhop: the router as a hardened systemd service, and (through the
+# imported worker modules) llama.cpp, sglang and vLLM servers whose models it
+# routes to automatically.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  llmhopLib = import ./lib.nix { inherit lib; };
+  cfg = config.services.llmhop;
+  format = pkgs.formats.json { };
+
+  workerModels = lib.listToAttrs (
+    map (worker: lib.nameValuePair worker.name { url = llmhopLib.loopbackUrl worker.port; }) cfg.workers
+  );
+
+  # Unset optional keys are left out, so that llmhop's own defaults apply.
+  renderModel = model: lib.filterAttrs (key: value: !(key == "headers" && value == { })) model;
+  rendered =
+    lib.filterAttrs (key: value: value != null && !(key == "authTokens" && value == [ ])) cfg.settings
+    // {
+      models = lib.mapAttrs (_: renderModel) cfg.settings.models // workerModels;
+    };
+
+  rawConfigFile = format.generate "llmhop-config.json" rendered;
+  # Secrets are not there at build time (they come from the environment or
+  # $CREDENTIALS_DIRECTORY when the service starts): check all but them.
+  checkedConfigFile =
+    pkgs.runCommand "llmhop-config.json" { nativeBuildInputs = [ cfg.package ]; }
+      ''
+        llmhop --check --no-secrets --config ${rawConfigFile}
+        cp ${rawConfigFile} $out
+      '';
+
+  workerNames = map (worker: worker.name) cfg.workers;
+  workerPorts = map (worker: worker.port) cfg.workers;
+  nameClashes = llmhopLib.duplicates (workerNames ++ lib.attrNames cfg.settings.models);
+  portClashes = llmhopLib.duplicates (workerPorts ++ lib.optional cfg.enable cfg.port);
+in
+{
+  imports = [
+    ./llama-cpp.nix
+    ./containers.nix
+  ];
+
+  options.services.llmhop = {
+    enable = lib.mkEnableOption "llmhop, one OpenAI-compatible endpoint in front of many inference servers, routed by model";
+
+    package = mkOption {
+      type = types.package;
+      # Not `pkgs.llmhop`: a package of that name in nixpkgs need not be this
+      # one (the overlay provides it for those who want it).
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { }";
+      example = lib.literalExpression "pkgs.llmhop";
+      description = "The llmhop package to run; the default is built from the flake's own source.";
+    };
+
+    host = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      example = "0.0.0.0";
+      description = ''
+        The address llmhop listens on. The default keeps it to this machine;
+        set `0.0.0.0` or `::` (and `openFirewall`) to serve other hosts.
+      '';
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 8080;
+      description = "The TCP port llmhop listens on.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether to open `port` in the firewall.";
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/llmhop.env";
+      description = ''
+        A file of `NAME=value` lines for the service's environment, read when
+        it starts and never copied into the Nix store; `settings` refers to its
+        values as `''${env:NAME}`.
+      '';
+    };
+
+    credentials = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        openai_key = "/run/secrets/openai-key";
+      };
+      description = ''
+        Secret files handed to the service with systemd's `LoadCredential=`
+        (credential name to the file's path). `settings` refers to one as
+        `''${file:NAME}`; llmhop reads it from `$CREDENTIALS_DIRECTORY`, a
+        private tmpfs of this unit, so the file itself may stay readable by
+        root alone.
+      '';
+    };
+
+    settings = mkOption {
+      default = { };
+      example = lib.literalExpression ''
+        {
+          authTokens = [ "''${file:client_token}" ];
+          models."gpt-4o" = {
+            url = "https://api.openai.com";
+            headers.Authorization = "Bearer ''${env:OPENAI_API_KEY}";
+          };
+        }
+      '';
+      description = ''
+        llmhop's configuration (README, "Configuration"), rendered to JSON and
+        checked with `llmhop --check --no-secrets` at build time. The models of
+        the worker modules are added to `models` by themselves.
+
+        Everything here is written to the world-readable Nix store: refer to
+        secrets with `''${env:NAME}` (see `environmentFile`) or
+        `''${file:NAME}` (see `credentials`), never write them in.
+      '';
+      type = types.submodule {
+        freeformType = format.type;
+        options = {
+          listen = mkOption {
+            type = types.str;
+            default =
+              if lib.hasInfix ":" cfg.host then
+                "[${cfg.host}]:${toString cfg.port}"
+              else
+                "${cfg.host}:${toString cfg.port}";
+            defaultText = lib.literalExpression ''"''${host}:''${toString port}"'';
+            example = "unix:/run/llmhop/llmhop.sock";
+            description = ''
+              Where llmhop listens; made from `host` and `port` unless set (a
+              unix socket belongs under `/run/llmhop/`).
+            '';
+          };
+          authTokens = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            example = [ "\${file:client_token}" ];
+            description = ''
+              Bearer tokens clients must send; empty lets every client in.
+              Use secret references, not the tokens themselves.
+            '';
+          };
+          maxBodyBytes = mkOption {
+            type = types.nullOr types.ints.positive;
+            default = null;
+            example = 33554432;
+            description = "The largest request body accepted; `null` keeps llmhop's default.";
+          };
+          models = mkOption {
+            default = { };
+            example = {
+              "gpt-4o".url = "https://api.openai.com";
+              "llama-3-70b".url = "http://10.0.0.5:8000";
+            };
+            description = "Routes by model name, besides those of the worker modules.";
+            type = types.attrsOf (
+              types.submodule {
+                freeformType = format.type;
+                options = {
+                  url = mkOption {
+                    type = types.str;
+                    example = "http://127.0.0.1:30000";
+                    description = "The backend's base URL; its path is kept as a prefix.";
+                  };
+                  headers = mkOption {
+                    type = types.attrsOf types.str;
+                    default = { };
+                    example = {
+                      Authorization = "Bearer \${env:OPENAI_API_KEY}";
+                    };
+                    description = "Headers set on every request to this backend (secret references allowed).";
+                  };
+                };
+              }
+            );
+          };
+        };
+      };
+    };
+
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = checkedConfigFile;
+      defaultText = lib.literalMD "the rendered and checked `settings`";
+      description = "The JSON configuration the service runs with (read-only; for inspection).";
+    };
+
+    renderedSettings = mkOption {
+      type = types.attrsOf types.anything;
+      internal = true;
+      readOnly = true;
+      default = rendered;
+      description = "`settings` with the workers' routes, as written to `configFile`.";
+    };
+
+    workers = mkOption {
+      internal = true;
+      visible = false;
+      default = [ ];
+      description = "Every enabled worker model, contributed by the worker modules.";
+      type = types.listOf (
+        types.submodule {
+          options = {
+            kind = mkOption { type = types.enum llmhopLib.kinds; };
+            name = mkOption { type = types.str; };
+            port = mkOption { type = types.port; };
+          };
+        }
+      );
+    };
+  };
+
+  config = lib.mkMerge [
+    {
+      assertions = [
+        {
+          assertion = nameClashes == [ ];
+          message = "services.llmhop: model names used twice (worker models and settings.models share one namespace): ${lib.concatStringsSep ", " nameClashes}";
+        }
+        {
+          assertion = portClashes == [ ];
+          message = "services.llmhop: ports used twice (workers, and llmhop's own port): ${lib.concatMapStringsSep ", " toString portClashes}";
+        }
+      ];
+    }
+
+    (lib.mkIf cfg.enable {
+      # A stable path, so that a new configuration is a reload (SIGHUP), not a
+      # restart that would cut open streams.
+      environment.etc."llmhop/config.json".source = cfg.configFile;
+
+      networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+
+      warnings = lib.optional (
+        cfg.openFirewall && lib.elem cfg.host [ "127.0.0.1" "::1" "localhost" ]
+      ) "services.llmhop.openFirewall opens port ${toString cfg.port}, but llmhop listens on ${cfg.host} only.";
+
+      systemd.services.llmhop = {
+        description = "llmhop: one HTTP port in front of many OpenAI-compatible inference servers";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        # A changed config is applied with SIGHUP (in-flight streams finish on
+        # the old routes); what a reload can't change needs a restart.
+        reloadTriggers = [ cfg.configFile ];
+        restartTriggers = [
+          cfg.settings.listen
+          (cfg.settings.workers or 1)
+        ];
+        serviceConfig = llmhopLib.hardening // {
+          Type = "notify";
+          ExecStart = "${lib.getExe cfg.package} --config /etc/llmhop/config.json";
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          Restart = "on-failure";
+          RestartSec = 5;
+          # SIGTERM goes to the first process, which drains and stops its
+          # workers; what is left after the grace period is killed.
+          KillMode = "mixed";
+          TimeoutStopSec = 45;
+          # Two descriptors per open stream; set here because the system call
+          # filter refuses setrlimit().
+          LimitNOFILE = 524288;
+          RuntimeDirectory = "llmhop";
+          RuntimeDirectoryMode = "0755";
+          EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+          LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
+        };
+      };
+    })
+  ];
+}
