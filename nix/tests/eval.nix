@@ -1,0 +1,391 @@
+# Evaluates services.llmhop with nixpkgs' lib and quadlet-nix's NixOS module
+# (no nixpkgs needed) and checks what it renders. Run from the repository:
+#
+#   nix-instantiate --eval --strict nix/tests/eval.nix \
+#     --arg lib /path/to/nixpkgs.lib --arg quadlet-nix /path/to/quadlet-nix
+#
+# `lib` may be nixpkgs' lib itself, or a path to a nixpkgs or nixpkgs.lib
+# checkout; `quadlet-nix` a path to its checkout or its flake. The result
+# names the checks that passed (a failed check throws with its name) and holds
+# the sample's rendered llmhop config, for `llmhop --check --no-secrets`
+# (`-A renderedConfig --json`).
+{ lib, quadlet-nix }:
+let
+  lib' =
+    if builtins.isAttrs lib then
+      lib
+    else if builtins.pathExists (lib + "/lib/default.nix") then
+      import (lib + "/lib")
+    else
+      import lib;
+  quadletModule =
+    if builtins.isAttrs quadlet-nix && quadlet-nix ? nixosModules then
+      quadlet-nix.nixosModules.quadlet
+    else
+      quadlet-nix + "/nixos-module.nix";
+in
+let
+  lib = lib';
+  inherit (lib) hasInfix hasPrefix;
+  pkgs = import ./stub-pkgs.nix { inherit lib; };
+
+  evalWith =
+    extraModules: config:
+    (lib.evalModules {
+      modules = [
+        ./stub-options.nix
+        ../module.nix
+        { _module.args.pkgs = pkgs; }
+        config
+      ]
+      ++ extraModules;
+    }).config;
+  eval = evalWith [ quadletModule ];
+
+  secretPaths = [
+    "/run/secrets/llmhop.env"
+    "/run/secrets/client-token"
+    "/run/secrets/huggingface.env"
+  ];
+
+  sample = eval {
+    services.llmhop = {
+      enable = true;
+      host = "0.0.0.0";
+      openFirewall = true;
+      environmentFile = "/run/secrets/llmhop.env";
+      credentials.client_token = "/run/secrets/client-token";
+      settings = {
+        authTokens = [ "\${file:client_token}" ];
+        models."gpt-4o" = {
+          url = "https://api.openai.com";
+          headers.Authorization = "Bearer \${env:OPENAI_API_KEY}";
+        };
+      };
+      llama-cpp = {
+        enable = true;
+        environmentFile = "/run/secrets/huggingface.env";
+        modelSettings.n-gpu-layers = 999;
+        models."gemma-3-1b" = {
+          port = 30001;
+          settings.hf-repo = "ggml-org/gemma-3-1b-it-GGUF";
+        };
+        models."qwen3:0.6b" = {
+          port = 30002;
+          settings = {
+            hf-repo = "Qwen/Qwen3-0.6B-GGUF";
+            flash-attn = true;
+          };
+        };
+      };
+      sglang = {
+        enable = true;
+        environmentFile = "/run/secrets/huggingface.env";
+        models."Qwen/Qwen3-8B".port = 30010;
+      };
+      vllm = {
+        enable = true;
+        tag = "v0.11.0";
+        modelSettings.gpu-memory-utilization = 0.45;
+        models."llama-3.1-8b" = {
+          port = 30020;
+          model = "meta-llama/Llama-3.1-8B-Instruct";
+          settings.max-model-len = 16384;
+        };
+        models."mistral-7b" = {
+          port = 30021;
+          model = "mistralai/Mistral-7B-Instruct-v0.3";
+        };
+        models.switched-off = {
+          enable = false;
+          port = 30022;
+        };
+      };
+    };
+  };
+
+  cfg = sample.services.llmhop;
+  rendered = cfg.renderedSettings;
+  renderedJson = builtins.toJSON rendered;
+  services = sample.systemd.services;
+  llmhop = services.llmhop.serviceConfig;
+  llama = services."llama-cpp-gemma-3-1b";
+  quadlet = kind: name: cfg.${kind}.containers.${name}._configText;
+
+  failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  clash = eval {
+    services.llmhop = {
+      enable = true;
+      port = 30001;
+      settings.models."gemma-3-1b".url = "http://127.0.0.1:9";
+      llama-cpp = {
+        enable = true;
+        models."gemma-3-1b".port = 30001;
+        models."a/b".port = 30003;
+        models."a-b".port = 30003;
+      };
+    };
+  };
+  clashMessages = lib.concatStringsSep "\n" (failedAssertions clash);
+
+  withoutQuadlet = evalWith [ ] {
+    services.llmhop.vllm = {
+      enable = true;
+      models.m.port = 30030;
+    };
+  };
+
+  # The flake's outputs, with these stand-ins for nixpkgs.
+  flake =
+    let
+      outputs = import ../default.nix {
+        self = outputs;
+        nixpkgs = {
+          inherit lib;
+          legacyPackages = lib.genAttrs [
+            "x86_64-linux"
+            "aarch64-linux"
+            "x86_64-darwin"
+            "aarch64-darwin"
+          ] (
+            system:
+            pkgs
+            // {
+              stdenv.hostPlatform = {
+                inherit system;
+                isLinux = lib.hasSuffix "-linux" system;
+              };
+            }
+          );
+        };
+        quadlet-nix.nixosModules.quadlet = quadletModule;
+      };
+    in
+    outputs;
+  flakePackage = flake.packages.x86_64-linux.default;
+
+  hardened = unitConfig: keys: lib.all (key: unitConfig ? ${key}) keys;
+
+  checks = {
+    "every worker model is routed to its loopback port" =
+      rendered.models."gemma-3-1b".url == "http://127.0.0.1:30001"
+      && rendered.models."qwen3:0.6b".url == "http://127.0.0.1:30002"
+      && rendered.models."Qwen/Qwen3-8B".url == "http://127.0.0.1:30010"
+      && rendered.models."llama-3.1-8b".url == "http://127.0.0.1:30020"
+      && rendered.models."mistral-7b".url == "http://127.0.0.1:30021";
+
+    "a disabled model is neither routed nor run" =
+      !(rendered.models ? switched-off) && !(cfg.vllm.containers ? vllm-switched-off);
+
+    "settings.models are kept beside the workers' routes" =
+      rendered.models."gpt-4o" == {
+        url = "https://api.openai.com";
+        headers.Authorization = "Bearer \${env:OPENAI_API_KEY}";
+      }
+      && lib.length (lib.attrNames rendered.models) == 6;
+
+    "listen is made from host and port" = rendered.listen == "0.0.0.0:8080";
+
+    "unset optional keys are left to llmhop's defaults" =
+      !(rendered ? maxBodyBytes) && !(rendered.models."llama-3.1-8b" ? headers);
+
+    "secrets never appear in the rendered config, only references" =
+      rendered.authTokens == [ "\${file:client_token}" ]
+      && lib.all (path: !(hasInfix path renderedJson)) secretPaths
+      && !(hasInfix "/run/secrets" renderedJson);
+
+    "the config is checked at build time without secrets" =
+      hasInfix "llmhop --check --no-secrets --config" cfg.configFile.script;
+
+    "llmhop runs Type=notify with reload by SIGHUP" =
+      llmhop.Type == "notify"
+      && hasInfix "kill -HUP $MAINPID" llmhop.ExecReload
+      && llmhop.Restart == "on-failure"
+      && services.llmhop.reloadTriggers == [ cfg.configFile ]
+      && hasInfix "--config /etc/llmhop/config.json" llmhop.ExecStart
+      && sample.environment.etc."llmhop/config.json".source == cfg.configFile;
+
+    "llmhop carries the full hardening" =
+      hardened llmhop [
+        "ProtectHome"
+        "PrivateTmp"
+        "PrivateDevices"
+        "PrivateUsers"
+        "ProtectKernelTunables"
+        "ProtectKernelModules"
+        "ProtectKernelLogs"
+        "ProtectControlGroups"
+        "RestrictNamespaces"
+        "NoNewPrivileges"
+        "LockPersonality"
+      ]
+      && llmhop.DynamicUser
+      && llmhop.ProtectSystem == "strict"
+      && llmhop.ProtectProc == "invisible"
+      && llmhop.UMask == "0077"
+      && llmhop.CapabilityBoundingSet == ""
+      && llmhop.RestrictAddressFamilies == [
+        "AF_INET"
+        "AF_INET6"
+        "AF_UNIX"
+      ]
+      && llmhop.SystemCallFilter == [
+        "@system-service"
+        "~@privileged"
+        "~@resources"
+      ];
+
+    "secrets reach llmhop through LoadCredential= and EnvironmentFile=" =
+      llmhop.LoadCredential == [ "client_token:/run/secrets/client-token" ]
+      && llmhop.EnvironmentFile == [ "/run/secrets/llmhop.env" ];
+
+    "the firewall opens llmhop's port" = sample.networking.firewall.allowedTCPPorts == [ 8080 ];
+
+    "llama.cpp models are hardened native units with GPU access" =
+      llama.serviceConfig.DynamicUser
+      && llama.serviceConfig.ProtectSystem == "strict"
+      && llama.serviceConfig.PrivateUsers
+      && llama.serviceConfig.NoNewPrivileges
+      && !llama.serviceConfig.PrivateDevices
+      && llama.serviceConfig.SupplementaryGroups == [
+        "video"
+        "render"
+      ]
+      && llama.serviceConfig.CacheDirectory == "llama-cpp"
+      && llama.serviceConfig.StateDirectory == "llama-cpp"
+      && llama.serviceConfig.EnvironmentFile == [ "/run/secrets/huggingface.env" ];
+
+    "llama.cpp command lines carry the settings, alias, loopback host and port" =
+      llama.serviceConfig.ExecStart
+      == "/nix/store/00000000000000000000000000000000-llama-cpp/bin/llama-server --alias gemma-3-1b --hf-repo ggml-org/gemma-3-1b-it-GGUF --n-gpu-layers 999 --host 127.0.0.1 --port 30001"
+      && hasInfix "--flash-attn" services."llama-cpp-qwen3-0.6b".serviceConfig.ExecStart
+      && hasInfix "/health" llama.serviceConfig.ExecStartPost.text;
+
+    "llama.cpp models start one after another" =
+      lib.elem "llama-cpp-gemma-3-1b.service" services."llama-cpp-qwen3-0.6b".after
+      && !(lib.any (hasPrefix "llama-cpp-") llama.after);
+
+    "sglang and vLLM containers are rendered by quadlet-nix with a health-gated start" =
+      let
+        s = quadlet "sglang" "sglang-Qwen-Qwen3-8B";
+        v = quadlet "vllm" "vllm-llama-3.1-8b";
+      in
+      hasInfix "Image=docker.io/lmsysorg/sglang:latest" s
+      && hasInfix "Image=docker.io/vllm/vllm-openai:v0.11.0" v
+      && hasInfix "Notify=healthy" v
+      && hasInfix "HealthCmd=" v
+      && hasInfix "http://127.0.0.1:30020/health" v
+      && hasInfix "PublishPort=127.0.0.1:30020:30020" v
+      && hasInfix "AddDevice=nvidia.com/gpu=all" v
+      && hasInfix "Volume=/var/cache/vllm:/root/.cache/huggingface" v
+      && hasInfix "EnvironmentFile=/run/secrets/huggingface.env" s
+      && hasInfix "ShmSize=16g" v
+      && hasInfix "Entrypoint=vllm" v
+      && hasInfix "serve meta-llama/Llama-3.1-8B-Instruct --served-model-name llama-3.1-8b --gpu-memory-utilization 0.450000 --max-model-len 16384 --host 0.0.0.0 --port 30020" v
+      && hasInfix "-m sglang.launch_server --model-path Qwen/Qwen3-8B --served-model-name Qwen/Qwen3-8B" s;
+
+    "containers of one kind start one after another" =
+      hasInfix "After=vllm-llama-3.1-8b.service" (quadlet "vllm" "vllm-mistral-7b")
+      && !(hasInfix "After=" (quadlet "vllm" "vllm-llama-3.1-8b"));
+
+    "kinds start in order: llama.cpp, then sglang, then vLLM" =
+      lib.elem "llama-cpp-gemma-3-1b.service" services.sglang-models.after
+      && lib.elem "llama-cpp-qwen3-0.6b.service" services.sglang-models.after
+      && lib.elem "sglang-models.service" services.vllm-models.after;
+
+    "the containers run as lingering sglang and vllm users with their own sub-UIDs" =
+      let
+        u = sample.users.users;
+      in
+      u.sglang.linger
+      && u.vllm.linger
+      && u.sglang.isSystemUser
+      && u.vllm.home == "/var/lib/vllm"
+      && u.sglang.subUidRanges == [
+        {
+          startUid = 2100000000;
+          count = 65536;
+        }
+      ]
+      && u.vllm.subGidRanges == [
+        {
+          startGid = 2200000000;
+          count = 65536;
+        }
+      ]
+      && sample.users.groups ? vllm
+      && lib.elem "d /var/cache/vllm 0700 vllm vllm - -" sample.systemd.tmpfiles.rules;
+
+    "the containers are user units of those users, managed by a system oneshot" =
+      let
+        apply = services.vllm-models.serviceConfig.ExecStart;
+      in
+      hasInfix "-vllm-models-apply/bin/vllm-models-apply" apply
+      && services.vllm-models.reloadIfChanged
+      && services.vllm-models.serviceConfig.Type == "oneshot"
+      && sample.virtualisation.quadlet.enable
+      && sample.virtualisation.podman.enable
+      && !(sample.virtualisation.quadlet.containers ? "vllm-llama-3.1-8b");
+
+    "the oneshot installs the units in the user's config and starts them there" =
+      let
+        apply = cfg.vllm.scripts.apply.text;
+      in
+      hasInfix "ln -sfn /nix/store/00000000000000000000000000000000-vllm-quadlets /var/lib/vllm/.config/containers/systemd" apply
+      && hasInfix "systemctl --user --machine=vllm@ daemon-reload" apply
+      && hasInfix ''systemctl --user --machine=vllm@ start "$@" vllm-llama-3.1-8b.service vllm-mistral-7b.service'' apply
+      && lib.hasSuffix "vllm-models-apply --no-block" services.vllm-models.serviceConfig.ExecReload
+      && hasInfix "systemctl --user --machine=vllm@ stop vllm-llama-3.1-8b.service vllm-mistral-7b.service" cfg.vllm.scripts.stop.text;
+
+    "sglang-shell and vllm-shell open a shell as those users" =
+      let
+        shell = lib.findFirst (p: p.name or "" == "vllm-shell") null sample.environment.systemPackages;
+      in
+      shell != null
+      && hasInfix "machinectl shell vllm@" shell.text
+      && lib.any (p: p.name or "" == "sglang-shell") sample.environment.systemPackages;
+
+    "all assertions hold for the sample" = failedAssertions sample == [ ];
+
+    "a port used twice is caught" = hasInfix "ports used twice" clashMessages && hasInfix "30001" clashMessages && hasInfix "30003" clashMessages;
+
+    "a model name used twice is caught" = hasInfix "model names used twice" clashMessages && hasInfix "gemma-3-1b" clashMessages;
+
+    "two names giving one unit name are caught" = hasInfix "same unit name: llama-cpp-a-b" clashMessages;
+
+    "the flake packages llmhop from this checkout with twisted, treq and attrs" =
+      flakePackage.pname == "llmhop"
+      && builtins.match "[0-9]+[.][0-9]+[.][0-9]+.*" flakePackage.version != null
+      && lib.elem "twisted" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies)
+      && lib.elem "treq" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies)
+      && lib.elem "attrs" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies)
+      && builtins.pathExists "${flakePackage.src}/llmhop/__init__.py"
+      && builtins.pathExists "${flakePackage.src}/twisted/plugins/llmhop_plugin.py"
+      && !(builtins.pathExists "${flakePackage.src}/bench");
+
+    "the flake has an app, an overlay and the NixOS modules" =
+      flake.apps.x86_64-linux.default.program == "${flakePackage}/bin/llmhop"
+      && (flake.overlays.default pkgs pkgs) ? llmhop
+      && lib.elem ../module.nix flake.nixosModules.default.imports
+      && lib.elem quadletModule flake.nixosModules.default.imports;
+
+    "the flake's checks hold the evaluation and a VM test routing through a worker" =
+      flake.checks.x86_64-linux ? module-eval
+      && hasInfix "llama-cpp-tiny.service" flake.checks.x86_64-linux.vm.testScript
+      && !(flake.checks.x86_64-darwin ? vm);
+
+    "sglang or vLLM without quadlet-nix is a clear assertion" = lib.any (hasInfix "import quadlet-nix's NixOS module") (
+      failedAssertions withoutQuadlet
+    );
+  };
+
+  failed = lib.attrNames (lib.filterAttrs (_: ok: !ok) checks);
+in
+if failed == [ ] then
+  {
+    passed = lib.attrNames checks;
+    renderedConfig = rendered;
+  }
+else
+  throw "nix/tests/eval.nix: failed: ${lib.concatStringsSep "; " failed}"

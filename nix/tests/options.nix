@@ -1,0 +1,46 @@
+# The documentation of every services.llmhop option, as JSON, for
+# nix/options_md.py (which writes nix/options.md):
+#
+#   nix-instantiate --eval --strict --json nix/tests/options.nix \
+#     --arg lib /path/to/nixpkgs.lib --arg quadlet-nix /path/to/quadlet-nix
+{ lib, quadlet-nix }:
+let
+  lib' =
+    if builtins.isAttrs lib then
+      lib
+    else if builtins.pathExists (lib + "/lib/default.nix") then
+      import (lib + "/lib")
+    else
+      import lib;
+  quadletModule =
+    if builtins.isAttrs quadlet-nix && quadlet-nix ? nixosModules then
+      quadlet-nix.nixosModules.quadlet
+    else
+      quadlet-nix + "/nixos-module.nix";
+in
+let
+  lib = lib';
+  pkgs = import ./stub-pkgs.nix { inherit lib; };
+  evaluated = lib.evalModules {
+    modules = [
+      ./stub-options.nix
+      ../module.nix
+      quadletModule
+      { _module.args.pkgs = pkgs; }
+    ];
+  };
+  root = toString ../..;
+  relative = path: lib.removePrefix "${root}/" (toString path);
+in
+map (option: {
+  inherit (option) name description type;
+  default = option.default or null;
+  hasDefault = option ? default;
+  example = option.example or null;
+  readOnly = option.readOnly or false;
+  declarations = map relative option.declarations;
+}) (
+  lib.filter (option: option.visible && !option.internal) (
+    lib.optionAttrSetToDocList evaluated.options.services.llmhop
+  )
+)
