@@ -20,6 +20,9 @@ from llmhop.errors import ConfigError
 
 DEFAULT_LISTEN = ":8080"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
+DEFAULT_MAX_QUEUED = 100
+# sun_path holds 108 bytes with the terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 # Endpoint types whose strings would otherwise look like the Go "HOST:PORT" form.
 _ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "le", "lets", "onion"}
@@ -59,14 +62,42 @@ class Timeouts:
     # (vLLM, sglang) drops them after 5 s, and a POST sent on a connection the
     # backend is closing fails and cannot be retried safely.
     keepAlive: float = 4.0
+    # A replica whose connection failed is skipped this long (passive health).
+    replicaCooldown: float = 10.0
 
 
 @attrs.frozen
 class ModelConfig:
     name: str
-    url: str
+    # One URL, or the replicas of one model: http(s)://… or unix:/path[:/prefix].
+    urls: Tuple[str, ...]
     # Values may hold API keys: keep them out of reprs, which land in logs.
     headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    # The model name the backend expects, spliced into the forwarded body.
+    upstream_model: Optional[str] = None
+    # For a prefix route ("openrouter/*"): forward the name without the prefix.
+    strip_prefix: bool = False
+    # Routable, but not in /v1/models.
+    unlisted: bool = False
+    max_concurrent: Optional[int] = None
+    max_queued: int = DEFAULT_MAX_QUEUED
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def prefix(self) -> Optional[str]:
+        """For a key ending in C{*}, the names it matches start with this."""
+        return self.name[:-1] if self.name.endswith("*") else None
+
+
+@attrs.frozen
+class MetricsConfig:
+    # /metrics on the main port needs a client token unless this is set.
+    public: bool = False
+    # A separate listen address for /metrics (then not served on the main port).
+    listen: Optional[str] = None
 
 
 @attrs.frozen
@@ -77,6 +108,7 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timeouts: Timeouts = Timeouts()
     workers: int = 1
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def load(path: str, environ: Optional[Mapping[str, str]] = None, resolve: bool = True) -> Config:
@@ -129,7 +161,7 @@ def parse(
     _known(
         top,
         "",
-        {"listen", "authTokens", "maxBodyBytes", "models", "timeouts", "workers"},
+        {"listen", "authTokens", "maxBodyBytes", "models", "timeouts", "workers", "metrics"},
     )
 
     def secret(value: str, place: str) -> str:
@@ -143,6 +175,17 @@ def parse(
         max_body_bytes=_positive_int(top.get("maxBodyBytes", DEFAULT_MAX_BODY_BYTES), "maxBodyBytes"),
         timeouts=_timeouts(top.get("timeouts", {})),
         workers=_workers(top.get("workers", 1), listen),
+        metrics=_metrics(top.get("metrics", {})),
+    )
+
+
+def _metrics(value: Any) -> MetricsConfig:
+    spec = _object(value, "metrics")
+    _known(spec, "metrics", {"public", "listen"})
+    listen = spec.get("listen")
+    return MetricsConfig(
+        public=_bool(spec.get("public", False), "metrics.public"),
+        listen=None if listen is None else listen_endpoint(_string(listen, "metrics.listen"), "metrics.listen"),
     )
 
 
@@ -163,7 +206,7 @@ def _workers(value: Any, listen: str, place: str = "workers") -> int:
     return workers
 
 
-def listen_endpoint(listen: str) -> str:
+def listen_endpoint(listen: str, place: str = "listen") -> str:
     """Turn C{listen} into a Twisted server endpoint description.
 
     The Go original's C{HOST:PORT}, C{:PORT} and C{[V6]:PORT} forms are
@@ -173,7 +216,7 @@ def listen_endpoint(listen: str) -> str:
     if match is not None and match.group("host") not in _ENDPOINT_TYPES:
         host, port = match.group("host"), int(match.group("port"))
         if port > 65535:
-            raise ConfigError("listen", "port %d is out of range" % (port,))
+            raise ConfigError(place, "port %d is out of range" % (port,))
         if not host:
             return "tcp:%d" % (port,)
         if host.startswith("["):
@@ -182,7 +225,7 @@ def listen_endpoint(listen: str) -> str:
     kind, sep, _ = listen.partition(":")
     if not sep or not kind.isalnum():
         raise ConfigError(
-            "listen",
+            place,
             "expected HOST:PORT, :PORT, [V6]:PORT or a Twisted endpoint such as tcp:8080 or unix:/run/llmhop.sock",
         )
     return listen
@@ -199,35 +242,95 @@ def _model(name: str, value: Any, secret) -> ModelConfig:
     place = "models.%s" % (name,)
     if not name:
         raise ConfigError(place, "model names must not be empty")
+    if "*" in name[:-1]:
+        raise ConfigError(place, "a * may only end a model name (a prefix route such as 'openrouter/*')")
     spec = _object(value, place)
-    _known(spec, place, {"url", "headers"})
+    _known(
+        spec,
+        place,
+        {"url", "headers", "model", "stripPrefix", "unlisted", "maxConcurrentRequests", "maxQueuedRequests"},
+    )
     headers = _object(spec.get("headers", {}), place + ".headers")
+    upstream_model = spec.get("model")
+    if upstream_model is not None:
+        if not _string(upstream_model, place + ".model"):
+            raise ConfigError(place + ".model", "must not be empty")
+        if any(c in upstream_model for c in "\r\n\0"):
+            raise ConfigError(place + ".model", "must not contain CR, LF or NUL")
+    strip_prefix = _bool(spec.get("stripPrefix", False), place + ".stripPrefix")
+    if strip_prefix and not name.endswith("*"):
+        raise ConfigError(place + ".stripPrefix", "only a prefix route (a name ending in *) has a prefix to strip")
+    if strip_prefix and upstream_model is not None:
+        raise ConfigError(place + ".stripPrefix", "model and stripPrefix exclude each other")
+    max_concurrent = spec.get("maxConcurrentRequests")
     return ModelConfig(
         name=name,
-        url=_url(spec.get("url"), place + ".url"),
+        urls=_urls(spec.get("url"), place + ".url"),
         headers=tuple(
             _header(header, value, "%s.headers.%s" % (place, header), secret)
             for header, value in headers.items()
         ),
+        upstream_model=upstream_model,
+        strip_prefix=strip_prefix,
+        unlisted=_bool(spec.get("unlisted", False), place + ".unlisted"),
+        max_concurrent=None
+        if max_concurrent is None
+        else _positive_int(max_concurrent, place + ".maxConcurrentRequests"),
+        max_queued=_count(spec.get("maxQueuedRequests", DEFAULT_MAX_QUEUED), place + ".maxQueuedRequests"),
     )
+
+
+def _urls(value: Any, place: str) -> Tuple[str, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(place, "a list of replicas needs at least one URL")
+        urls = tuple(_url(item, "%s[%d]" % (place, index)) for index, item in enumerate(value))
+        if len(set(urls)) != len(urls):
+            raise ConfigError(place, "the same replica is listed twice")
+        return urls
+    return (_url(value, place),)
 
 
 def _url(value: Any, place: str) -> str:
     url = _string(value, place, required=True)
+    if url.startswith("unix:"):
+        return _unix_url(url, place)
     try:
         parts = urlsplit(url)
         parts.port  # raises ValueError for a bad port
     except ValueError as e:
         raise ConfigError(place, "invalid URL: %s" % (e,)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(place, "not an absolute http:// or https:// URL")
+        raise ConfigError(place, "not an absolute http://, https:// or unix: URL")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(place, "credentials in the URL are not supported; set an Authorization header instead")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ConfigError(place, "a backend URL takes no query or fragment")
-    if not url.isascii() or any(c.isspace() for c in url):
-        raise ConfigError(place, "the URL must be ASCII without spaces (use punycode and percent-encoding)")
+    _ascii_path(url, place)
     return "%s://%s%s" % (parts.scheme, parts.netloc, parts.path.rstrip("/"))
+
+
+def _unix_url(url: str, place: str) -> str:
+    """C{unix:/run/x.sock} or C{unix:///run/x.sock}, optionally C{:/prefix} (nginx's form)."""
+    rest = url[len("unix:") :]
+    if rest.startswith("///"):
+        rest = rest[2:]
+    path, sep, prefix = rest.partition(":")
+    if not path.startswith("/") or path.endswith("/"):
+        raise ConfigError(place, "expected unix:/absolute/path/to.sock, optionally followed by :/path-prefix")
+    if "\0" in path or len(path.encode("utf-8")) > _MAX_SOCKET_PATH:
+        raise ConfigError(place, "not a usable socket path (at most %d bytes)" % (_MAX_SOCKET_PATH,))
+    if sep and not prefix.startswith("/"):
+        raise ConfigError(place, "the path prefix after the socket must start with /")
+    if "?" in prefix or "#" in prefix:
+        raise ConfigError(place, "a backend URL takes no query or fragment")
+    _ascii_path(prefix, place)
+    return "unix:%s%s" % (path, ":" + prefix.rstrip("/") if prefix.rstrip("/") else "")
+
+
+def _ascii_path(text: str, place: str) -> None:
+    if not text.isascii() or any(c.isspace() for c in text):
+        raise ConfigError(place, "the URL must be ASCII without spaces (use punycode and percent-encoding)")
 
 
 def _header(name: str, value: Any, place: str, secret) -> Tuple[str, str]:
@@ -282,6 +385,18 @@ def _string(value: Any, place: str, required: bool = False) -> str:
         raise ConfigError(place, "required")
     if not isinstance(value, str):
         raise ConfigError(place, "expected a string")
+    return value
+
+
+def _bool(value: Any, place: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(place, "expected true or false")
+    return value
+
+
+def _count(value: Any, place: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(place, "expected a whole number, 0 or more")
     return value
 
 

@@ -142,3 +142,49 @@ def test_any_json_document_is_a_config_or_a_config_error(document):
         configlib.parse(document, {})
     except ConfigError as e:
         assert str(e)
+
+
+@pytest.mark.parametrize(
+    "model, error",
+    [
+        ({"url": []}, "models.m.url: a list of replicas needs at least one URL"),
+        ({"url": ["http://a:1", 7]}, "models.m.url[1]: expected a string"),
+        ({"url": ["http://a:1", "http://a:1"]}, "models.m.url: the same replica is listed twice"),
+        ({"url": "unix:relative.sock"}, "models.m.url: expected unix:/absolute/path/to.sock"),
+        ({"url": "unix:/run/x.sock:prefix"}, "models.m.url: the path prefix after the socket must start with /"),
+        ({"url": "unix:/" + "x" * 120}, "models.m.url: not a usable socket path"),
+        ({"url": "http://a", "stripPrefix": True}, "models.m.stripPrefix: only a prefix route"),
+        ({"url": "http://a", "model": ""}, "models.m.model: must not be empty"),
+        ({"url": "http://a", "model": "a\r\nb"}, "models.m.model: must not contain CR, LF or NUL"),
+        ({"url": "http://a", "unlisted": "yes"}, "models.m.unlisted: expected true or false"),
+        ({"url": "http://a", "maxConcurrentRequests": 0}, "models.m.maxConcurrentRequests: expected a positive integer"),
+        ({"url": "http://a", "maxQueuedRequests": -1}, "models.m.maxQueuedRequests: expected a whole number"),
+    ],
+)
+def test_routing_keys_are_checked(model, error):
+    with pytest.raises(ConfigError) as caught:
+        configlib.parse({"models": {"m": model}}, {})
+    assert str(caught.value).startswith(error)
+
+
+def test_prefix_route_keys():
+    with pytest.raises(ConfigError, match=r"^models\.a\*b: a \* may only end a model name"):
+        configlib.parse({"models": {"a*b": {"url": "http://a"}}}, {})
+    with pytest.raises(ConfigError, match=r"^models\.a/\*\.stripPrefix: model and stripPrefix exclude each other"):
+        configlib.parse({"models": {"a/*": {"url": "http://a", "stripPrefix": True, "model": "x"}}}, {})
+    model = configlib.parse({"models": {"a/*": {"url": "http://a", "stripPrefix": True}}}, {}).models["a/*"]
+    assert (model.prefix, model.strip_prefix) == ("a/", True)
+
+
+def test_unix_urls_are_normalised():
+    urls = configlib.parse({"models": {"m": {"url": ["unix:///run/v.sock", "unix:/run/w.sock:/v1/"]}}}, {}).models["m"].urls
+    assert urls == ("unix:/run/v.sock", "unix:/run/w.sock:/v1")
+
+
+def test_metrics_keys():
+    config = configlib.parse({"models": {"m": {"url": "http://a"}}, "metrics": {"public": True, "listen": ":9108"}}, {})
+    assert (config.metrics.public, config.metrics.listen) == (True, "tcp:9108")
+    with pytest.raises(ConfigError, match=r"^metrics\.listen: expected HOST:PORT"):
+        configlib.parse({"models": {"m": {"url": "http://a"}}, "metrics": {"listen": "nonsense"}}, {})
+    with pytest.raises(ConfigError, match=r"^metrics\.port: unknown key"):
+        configlib.parse({"models": {"m": {"url": "http://a"}}, "metrics": {"port": 1}}, {})

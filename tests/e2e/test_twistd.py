@@ -81,7 +81,7 @@ def test_twistd_bad_config_is_one_line(tmp_path):
         timeout=60,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == "llmhop: config error: models.m.url: not an absolute http:// or https:// URL"
+    assert result.stderr.strip() == "llmhop: config error: models.m.url: not an absolute http://, https:// or unix: URL"
 
 
 def test_wheel_ships_the_plugin_and_the_console_script(tmp_path):
