@@ -40,7 +40,10 @@ class GatewayRequest(server.Request):
 
     body = b""
     model: Optional[str] = None
+    # The route's config key (a model name or a prefix pattern): the metrics' label.
+    route: Optional[str] = None
     outcome = ""
+    first_byte: Optional[float] = None
     _site = None
 
     def __init__(self, *args, **kwargs):
@@ -50,6 +53,7 @@ class GatewayRequest(server.Request):
         self._logged = False
         # Kept: the channel is gone by the time a lost request is logged.
         self._access_log = self.channel.site.access_log
+        self._metrics = self.channel.site.metrics
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None
@@ -78,6 +82,8 @@ class GatewayRequest(server.Request):
         self.process()
 
     def write(self, data: bytes) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.monotonic()
         # twisted.web writes a response's head and its first bytes separately;
         # corked, they leave in one send (see llmhop.writethrough).
         transport = self.channel.transport if not self.startedWriting and self.channel is not None else None
@@ -137,6 +143,15 @@ class GatewayRequest(server.Request):
             duration=duration,
             outcome=self.outcome,
         )
+        if self._metrics is not None:
+            self._metrics.request_ended(
+                self.route or "",
+                str(status),
+                duration,
+                None if self.first_byte is None else self.first_byte - self.started,
+                self.received(),
+                self.sentLength,
+            )
 
 
 _UNPRINTABLE = re.compile(rb"[^\x21-\x7e]|\\")

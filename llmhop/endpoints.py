@@ -6,23 +6,33 @@ host each time (a quarter of the proxy's CPU in a profile) and, for https,
 builds new TLS options that reload the system CA store.  Here each (scheme,
 host, port) gets its endpoint once.  IP literals get a plain TCP endpoint: no
 resolver thread, and no happy-eyeballs delay before a refused connection is
-reported.
+reported.  A unix-socket backend gets a UNIX endpoint.
 """
 
 import ipaddress
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 
 @implementer(IAgentEndpointFactory)
 class CachedEndpointFactory:
-    def __init__(self, reactor, tls_policy, connect_timeout: float) -> None:
+    def __init__(
+        self, reactor, tls_policy, connect_timeout: float, sockets: Optional[Mapping[bytes, str]] = None
+    ) -> None:
         self._reactor = reactor
         self._tls_policy = tls_policy
         self._timeout = connect_timeout
+        # The made-up hosts of unix-socket backends (llmhop.routing) → paths.
+        self._sockets = sockets or {}
         self._endpoints: Dict[Tuple[bytes, bytes, int], object] = {}
 
     def endpointForURI(self, uri):
@@ -33,6 +43,9 @@ class CachedEndpointFactory:
         return endpoint
 
     def _build(self, uri):
+        socket = self._sockets.get(uri.host)
+        if socket is not None:
+            return UNIXClientEndpoint(self._reactor, socket, timeout=self._timeout)
         host = uri.host.decode("ascii")
         try:
             address = ipaddress.ip_address(host.strip("[]"))

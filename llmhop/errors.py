@@ -105,6 +105,17 @@ def unsupported_encoding() -> ApiError:
     )
 
 
+def too_many_requests(model: str) -> ApiError:
+    """The model's concurrency limit and its queue are full (OpenAI's rate-limit shape)."""
+    return ApiError(
+        429,
+        "Too many requests for model %s at once; retry shortly." % (json.dumps(model),),
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        headers=((b"Retry-After", b"1"),),
+    )
+
+
 def upstream_unreachable(model: str) -> ApiError:
     return ApiError(
         502,

@@ -62,6 +62,35 @@ def model_steps(body: bytes, content_type: Optional[bytes]) -> Steps:
     return (yield from _from_large_json(body))
 
 
+def rename_steps(body: bytes, content_type: Optional[bytes], name: str) -> Generator[None, None, bytes]:
+    """C{body} with its model replaced by C{name}; nothing else changes.
+
+    The bytes of the one value are spliced (a 100 MiB body is copied once,
+    never decoded and re-encoded), at the place C{model_steps} read the name
+    from.  A generator, like C{model_steps}, for large bodies.
+    """
+    if content_type is not None and _media_type(content_type) == MULTIPART:
+        start, end = _multipart_span(body, content_type)
+        value = name.encode("utf-8")
+    else:
+        try:
+            start, end = yield from _Scan(body).model_span()
+        except IndexError:
+            raise ModelError("The request body is not valid JSON.") from None
+        value = json.dumps(name).encode("ascii")
+    return b"".join((body[:start], value, body[end:]))
+
+
+def rename(body: bytes, content_type: Optional[bytes], name: str) -> bytes:
+    """C{rename_steps} in one go."""
+    steps = rename_steps(body, content_type, name)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 def _media_type(content_type: bytes) -> bytes:
     return content_type.split(b";", 1)[0].strip().lower()
 
@@ -134,6 +163,11 @@ class _Scan:
             yield
 
     def top_level_model(self) -> Steps:
+        start, end = yield from self.model_span()
+        return _model_value(self.decode(start, end), True)
+
+    def model_span(self) -> Generator[None, None, Tuple[int, int]]:
+        """Where the value of the last top-level "model" lies in the body."""
         pos = yield from self.whitespace(0)
         if self.char(pos) != b"{":
             raise ModelError("The request body must be a JSON object." if pos < self.end else "The request body is not valid JSON.")
@@ -165,7 +199,7 @@ class _Scan:
             raise self.invalid()
         if model is None:
             raise ModelError("The request body has no 'model' field.")
-        return _model_value(self.decode(*model), True)
+        return model
 
     def decode(self, start: int, end: int):
         try:
@@ -280,6 +314,14 @@ def _boundary(content_type: bytes) -> bytes:
 
 
 def _from_multipart(body: bytes, content_type: bytes) -> str:
+    start, end = _multipart_span(body, content_type)
+    try:
+        return body[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelError("The 'model' field is not UTF-8.") from None
+
+
+def _multipart_span(body: bytes, content_type: bytes) -> Tuple[int, int]:
     delimiter = b"--" + _boundary(content_type)
     found = None
     # The body is "--B\r\n<part>\r\n--B\r\n<part>\r\n--B--"; skipping from one
@@ -296,14 +338,11 @@ def _from_multipart(body: bytes, content_type: bytes) -> str:
             raise ModelError("The multipart/form-data body is malformed.")
         head = body[head_start + 2 : head_end]
         if b"model" in head.lower() and _field_name(head) == "model":
-            found = body[head_end + 4 : end]
+            found = (head_end + 4, end)
         pos = end + 2
     if found is None:
         raise ModelError("The multipart/form-data body has no 'model' field.")
-    try:
-        return found.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModelError("The 'model' field is not UTF-8.") from None
+    return found
 
 
 def _field_name(head: bytes) -> Optional[str]:

@@ -16,11 +16,13 @@ from twisted.web import resource, server
 
 from llmhop import errors
 from llmhop.auth import Authenticator
-from llmhop.extract import SMALL_BODY, ModelError, extract_model, model_steps
+from llmhop.extract import SMALL_BODY, ModelError, extract_model, model_steps, rename, rename_steps
+from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
-from llmhop.routing import RoutingTable
+from llmhop.routing import Route, RoutingTable
 
 HEALTH_PATHS = (b"/health", b"/healthz")
+METRICS_PATH = b"/metrics"
 MODELS_PATH = b"/v1/models"
 _MODEL_PREFIX = MODELS_PATH + b"/"
 _READ_METHODS = (b"GET", b"HEAD")
@@ -34,6 +36,9 @@ class Gateway(resource.Resource):
     auth: Authenticator
     upstream: Upstream
     max_body_bytes: int
+    metrics: Optional[Metrics] = None
+    # /metrics without a token (metrics.public)
+    public_metrics: bool = False
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -42,7 +47,8 @@ class Gateway(resource.Resource):
     def screen(self, uri: bytes, headers, length: Optional[int]) -> Optional[errors.ApiError]:
         """The answer to a request that must not get past its headers, or None."""
         path = uri.partition(b"?")[0]
-        if path not in HEALTH_PATHS and not self.auth.allows(headers.getRawHeaders(b"authorization")):
+        open_path = path in HEALTH_PATHS or (path == METRICS_PATH and self.public_metrics)
+        if not open_path and not self.auth.allows(headers.getRawHeaders(b"authorization")):
             return errors.unauthorized()
         if length is not None and length > self.max_body_bytes:
             return errors.body_too_large(self.max_body_bytes)
@@ -52,6 +58,8 @@ class Gateway(resource.Resource):
         path = request.path
         if path in HEALTH_PATHS or path == MODELS_PATH or path.startswith(_MODEL_PREFIX):
             return self._builtin(request, path)
+        if path == METRICS_PATH and self.metrics is not None:
+            return self._metrics(request)
         if not request.uri.startswith(b"/"):
             return self._fail(request, errors.bad_request("Only origin-form request targets are accepted."))
         return self._forward(request)
@@ -60,16 +68,26 @@ class Gateway(resource.Resource):
         if request.method not in _READ_METHODS:
             return self._fail(request, errors.method_not_allowed(b"GET, HEAD"))
         if path in HEALTH_PATHS:
-            document = {"status": "ok", "models": len(self.routes.backends)}
+            document = {"status": "ok", "models": len(self.routes.routes)}
         elif path == MODELS_PATH:
             document = {"object": "list", "data": [_model_object(n) for n in self.routes.names()]}
         else:
             name = unquote_to_bytes(path[len(_MODEL_PREFIX) :]).decode("utf-8", "surrogateescape")
+            # Any name a request could be routed with: unlisted ones and the
+            # names prefix routes match too.
             if self.routes.lookup(name) is None:
                 return self._fail(request, errors.model_not_found(name))
             document = _model_object(name)
         body = json.dumps(document).encode("utf-8")
         request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        return body
+
+    def _metrics(self, request) -> object:
+        if request.method not in _READ_METHODS:
+            return self._fail(request, errors.method_not_allowed(b"GET, HEAD"))
+        body = self.metrics.render()
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
         request.setHeader(b"Content-Length", b"%d" % (len(body),))
         return body
 
@@ -96,11 +114,61 @@ class Gateway(resource.Resource):
         if request._disconnected:
             return
         request.model = model
-        backend = self.routes.lookup(model)
-        if backend is None:
+        route = self.routes.lookup(model)
+        if route is None:
             self._fail(request, errors.model_not_found(model))
-        else:
-            self.upstream.forward(request, backend)
+            return
+        request.route = route.name
+        forwarded = route.forwarded_model(model)
+        if forwarded is None:
+            self._admit(request, route)
+            return
+        content_type = request.getHeader(b"content-type")
+        if len(request.body) <= SMALL_BODY:
+            try:
+                request.body = rename(request.body, content_type, forwarded)
+            except ModelError as e:
+                self._fail(request, errors.model_missing(str(e)))
+                return
+            self._admit(request, route)
+            return
+        renamed = scan_in_slices(rename_steps(request.body, content_type, forwarded))
+        renamed.addCallbacks(lambda body: self._renamed(request, route, body), lambda f: self._unroutable(request, f))
+        request.notifyFinish().addErrback(lambda _: renamed.cancel())
+
+    def _renamed(self, request, route: Route, body: bytes) -> None:
+        if not request._disconnected:
+            request.body = body
+            self._admit(request, route)
+
+    def _admit(self, request, route: Route) -> None:
+        """Forward now, or once the model's concurrency limit lets it through."""
+        limiter = route.state.limiter
+        if limiter is None:
+            self.upstream.forward(request, route)
+            return
+        turn = limiter.acquire()
+        if turn is None:
+            self._fail(request, errors.too_many_requests(request.model))
+            return
+        if not turn.called and self.metrics is not None:
+            waiting = self.metrics.route_gauges(route.name)[1]
+            waiting.inc()
+            turn.addBoth(lambda result: waiting.dec() or result)
+        finished = request.notifyFinish()
+        # A client that leaves the queue gives up its place; once through,
+        # its end lets the next one in.
+        finished.addErrback(lambda _: turn.called or turn.cancel())
+        turn.addCallbacks(
+            lambda _: self._through(request, route, limiter, finished),
+            lambda f: f.trap(defer.CancelledError) and None,
+        )
+
+    def _through(self, request, route: Route, limiter, finished: defer.Deferred) -> None:
+        finished.addBoth(lambda _: limiter.release())
+        if request._disconnected:
+            return
+        self.upstream.forward(request, route)
 
     def _unroutable(self, request, failure) -> None:
         if failure.check(defer.CancelledError) or request._disconnected:

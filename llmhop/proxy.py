@@ -25,7 +25,7 @@ from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from llmhop import errors
-from llmhop.routing import Backend
+from llmhop.routing import Route
 
 _log = Logger()
 
@@ -56,11 +56,11 @@ def _hop_by_hop(name: bytes, named: frozenset) -> bool:
     return name in _HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
-def upstream_headers(request, backend: Backend, strip_authorization: bool) -> Headers:
-    """The headers to send to C{backend} for the client's C{request}."""
+def upstream_headers(request, backend: Route, strip_authorization: bool) -> Headers:
+    """The headers to send to C{backend} for the client's C{request} (Host is set per replica)."""
     incoming = request.requestHeaders
     named = _connection_tokens(incoming)
-    out = Headers({b"Host": [backend.host]})
+    out = Headers()
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
         if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in backend.replaced:
@@ -130,43 +130,89 @@ class BodyProducer:
 
 @attrs.define
 class Upstream:
-    """What every forwarded request shares: the agent and the timeouts."""
+    """What every forwarded request shares: the agent, the timeouts, the metrics."""
 
     agent: object
     reactor: object
     response_timeout: float
     read_timeout: float
     strip_authorization: bool
+    cooldown: float = 10.0
+    metrics: object = None
 
-    def forward(self, request, backend: Backend) -> None:
-        headers = upstream_headers(request, backend, self.strip_authorization)
+    def forward(self, request, route: Route) -> None:
+        headers = upstream_headers(request, route, self.strip_authorization)
+        exchange = Exchange(request, route, self, headers)
+        exchange.start(self.reactor.callLater(self.response_timeout, exchange.timed_out))
+
+    def send(self, request, url: bytes, host: bytes, headers: Headers) -> defer.Deferred:
+        headers.setRawHeaders(b"Host", [host])
         body = BodyProducer(request.body) if request.body or request.method not in (b"GET", b"HEAD") else None
-        exchange = Exchange(request, backend.model, self.reactor, self.read_timeout)
-        pending = defer.maybeDeferred(
-            self.agent.request, request.method, backend.url_for(request.uri), headers, body
-        )
-        exchange.start(pending, self.reactor.callLater(self.response_timeout, exchange.timed_out))
+        return defer.maybeDeferred(self.agent.request, request.method, url + request.uri, headers, body)
+
+    def failed(self, route: Route, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_failed(route.name, kind)
+
+    def in_flight(self, route: Route, change: int) -> None:
+        if self.metrics is not None:
+            self.metrics.route_gauges(route.name)[0].inc(change)
 
 
 @implementer(IPushProducer)
 @attrs.define(eq=False)
 class Exchange:
-    """One request forwarded: waits for the backend's headers, then relays the body."""
+    """One request forwarded: tries replicas until one answers, then relays the body."""
 
     request: object
-    model: str
-    reactor: object
-    read_timeout: float
+    route: Route
+    upstream: Upstream
+    headers: Headers
     _pending: Optional[defer.Deferred] = None
     _timer: object = None
     _body: Optional["_Relay"] = None
     _timed_out: bool = False
     _client_gone: bool = False
+    _tried: frozenset = frozenset()
+    _replica: Optional[int] = None
 
-    def start(self, pending: defer.Deferred, timer) -> None:
-        self._pending, self._timer = pending, timer
-        self.request.notifyFinish().addErrback(self._client_left)
-        pending.addCallbacks(self._got_response, self._failed)
+    @property
+    def model(self) -> str:
+        return self.request.model or self.route.name
+
+    @property
+    def reactor(self):
+        return self.upstream.reactor
+
+    @property
+    def read_timeout(self) -> float:
+        return self.upstream.read_timeout
+
+    def start(self, timer) -> None:
+        self._timer = timer
+        self.upstream.in_flight(self.route, 1)
+        finished = self.request.notifyFinish()
+        finished.addErrback(self._client_left)
+        finished.addBoth(self._ended)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        index = self.route.pick(self.reactor.seconds(), self._tried)
+        self._tried |= {index}
+        self._replica = index
+        self.route.health[index].in_flight += 1
+        replica = self.route.replicas[index]
+        self._pending = self.upstream.send(self.request, replica.base_url, replica.host, self.headers)
+        self._pending.addCallbacks(self._got_response, self._failed)
+
+    def _leave_replica(self) -> None:
+        if self._replica is not None:
+            self.route.health[self._replica].in_flight -= 1
+            self._replica = None
+
+    def _ended(self, _) -> None:
+        self.upstream.in_flight(self.route, -1)
+        self._leave_replica()
 
     def timed_out(self) -> None:
         self._timed_out = True
@@ -186,10 +232,29 @@ class Exchange:
             self._body.stop()
 
     def _failed(self, reason: Failure) -> None:
-        self._stop_timer()
+        self._pending = None
         if self._client_gone:
+            self._stop_timer()
             return
-        self.request.outcome = "upstream-" + _failure_kind(reason, self._timed_out)
+        kind = _failure_kind(reason, self._timed_out)
+        self.upstream.failed(self.route, kind)
+        if not self._timed_out and _not_sent(reason) and self._replica is not None:
+            # Passive health: avoid this replica for a while.  Nothing of the
+            # request reached it, so the next one may have it.
+            replica = self.route.replicas[self._replica]
+            self.route.health[self._replica].failed_until = self.reactor.seconds() + self.upstream.cooldown
+            self._leave_replica()
+            if len(self._tried) < len(self.route.replicas):
+                _log.info(
+                    "replica {url} of model {model} failed, trying another: {why}",
+                    url=replica.url,
+                    model=self.route.name,
+                    why=_describe(reason),
+                )
+                self._attempt()
+                return
+        self._stop_timer()
+        self.request.outcome = "upstream-" + kind
         errors.respond(self.request, _failure_error(reason, self._timed_out, self.model))
         _log.info(
             "backend for model {model} failed: {why}",
@@ -199,6 +264,8 @@ class Exchange:
 
     def _got_response(self, response) -> None:
         self._stop_timer()
+        if self._replica is not None:
+            self.route.health[self._replica].failed_until = 0.0
         relay = _Relay(self)
         if self._client_gone:
             relay.discard = True
@@ -224,6 +291,7 @@ class Exchange:
         if relay is None or self._client_gone:
             return
         relay.stop()
+        self.upstream.failed(self.route, "stalled")
         self.request.outcome = "upstream-stalled"
         _log.info("backend for model {model} sent nothing for {t}s mid-response", model=self.model, t=self.read_timeout)
         self.request.unregisterProducer()
@@ -240,6 +308,7 @@ class Exchange:
             return
         # The backend died mid-response.  Finishing would tell the client the
         # answer was complete; only an aborted connection says it was not.
+        self.upstream.failed(self.route, "died")
         request.outcome = "upstream-died"
         _log.info("backend for model {model} died mid-response: {why}", model=self.model, why=_describe(reason))
         request.channel.transport.abortConnection()
@@ -333,6 +402,21 @@ def _failure_kind(reason: Failure, timed_out: bool) -> str:
     if reason.check(ResponseFailed):
         return "bad-response"
     return "refused"
+
+
+def _not_sent(reason: Failure) -> bool:
+    """Whether the attempt failed before any byte of the request reached the backend.
+
+    True when the connection could not be made (refused, unreachable, no such
+    socket, DNS, connect timeout) or its TLS handshake failed; then another
+    replica may have the request.  A failure after that (the connection broke
+    while sending, or no answer came) might have left the request with the
+    backend, and is not retried.
+    """
+    if reason.check(neterror.ConnectError, neterror.DNSLookupError):
+        return True
+    inner = _inner(reason)
+    return inner is not None and all(f.type.__module__.startswith("OpenSSL") for f in inner)
 
 
 def _failure_error(reason: Failure, timed_out: bool, model: str) -> errors.ApiError:

@@ -1,45 +1,207 @@
-"""The routing table: model name → backend, built once from the config.
+"""The routing table: model name → route, built from the config at load time.
 
-Everything a forwarded request needs from the config is computed here at load
-time (the URL prefix as bytes, the header names to replace), so the request
-path does a dict lookup and nothing else.
+Everything a forwarded request needs from the config is computed here once (URL
+prefixes as bytes, the header names to replace, the Host header of every
+replica), so the request path does a dict lookup and nothing else.  A route's
+mutable state (requests in flight, the queue of its concurrency limit, which
+replicas failed lately) lives in small objects that a reload hands over to the
+new table, so that a SIGHUP neither forgets a failing replica nor lets twice
+the limit through.
 """
 
-from typing import FrozenSet, List, Mapping, Optional, Tuple
+import collections
+from typing import Deque, Dict, FrozenSet, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
+from twisted.internet import defer
 
 from llmhop.config import Config, ModelConfig
 
+# Agent needs an http URL; a unix-socket replica gets one with this made-up
+# host, which the endpoint factory maps back to the socket.
+_UNIX_HOST = b"llmhop-unix-%d"
+
 
 @attrs.frozen
-class Backend:
-    model: str
+class Replica:
+    url: str  # as configured, for logs
     # scheme://host[:port][/prefix], without a trailing slash: the request's
     # path and query are appended as they are.
     base_url: bytes
+    # The Host header for this replica, as Agent would compute it.  Passing it
+    # spares Agent a copy of the headers on every request.
+    host: bytes
+    socket: Optional[str] = None
+
+
+@attrs.define(eq=False)
+class ReplicaHealth:
+    """Per process: requests under way at a replica, and until when to avoid it."""
+
+    in_flight: int = 0
+    failed_until: float = 0.0
+
+
+@attrs.define(eq=False)
+class Limiter:
+    """At most C{limit} requests at once; the next ones wait in FIFO order.
+
+    A waiting request is a Deferred; cancelling it (its client left) gives up
+    its place in the queue.
+    """
+
+    limit: int
+    max_queued: int
+    active: int = 0
+    waiting: Deque[defer.Deferred] = attrs.field(factory=collections.deque)
+
+    def acquire(self) -> Optional[defer.Deferred]:
+        """A Deferred that fires when the request may go; None when the queue is full."""
+        if self.active < self.limit:
+            self.active += 1
+            return defer.succeed(None)
+        if len(self.waiting) >= self.max_queued:
+            return None
+        waiter: defer.Deferred = defer.Deferred(self.waiting.remove)
+        self.waiting.append(waiter)
+        return waiter
+
+    def release(self) -> None:
+        if self.waiting:
+            # The place passes to the next in line: active stays the same.
+            self.waiting.popleft().callback(None)
+        else:
+            self.active -= 1
+
+
+@attrs.define(eq=False)
+class RouteState:
+    limiter: Optional[Limiter] = None
+    # Where the next tie between replicas starts: ties go round-robin.
+    turn: int = 0
+
+
+@attrs.frozen
+class Route:
+    name: str  # the config's key: a model name, or a prefix pattern ending in *
+    replicas: Tuple[Replica, ...]
+    health: Tuple[ReplicaHealth, ...] = attrs.field(repr=False)
     # Values may hold API keys: keep them out of reprs, which land in logs.
     headers: Tuple[Tuple[bytes, bytes], ...] = attrs.field(repr=False)
     # Lower-cased names of C{headers}: the client's values for them are dropped.
     replaced: FrozenSet[bytes]
-    # The Host header for this backend, as Agent would compute it.  Passing it
-    # spares Agent a copy of the headers on every request.
-    host: bytes
+    state: RouteState = attrs.field(repr=False)
+    upstream_model: Optional[str] = None
+    strip: Optional[str] = None  # the prefix to take off the requested name
+    unlisted: bool = False
+
+    def forwarded_model(self, requested: str) -> Optional[str]:
+        """The name to put in the forwarded body, or None to forward it as it is."""
+        if self.upstream_model is not None:
+            return None if self.upstream_model == requested else self.upstream_model
+        if self.strip:
+            return requested[len(self.strip) :]
+        return None
+
+    def pick(self, now: float, tried: FrozenSet[int]) -> Optional[int]:
+        """The replica for the next attempt: fewest requests in flight, ties in turn.
+
+        Replicas that failed within the cool-down are skipped, unless all the
+        untried ones did: then the cool-down is ignored rather than answering
+        502 without trying.
+        """
+        count = len(self.replicas)
+        start = self.state.turn
+        self.state.turn = (start + 1) % count
+        order = [(start + k) % count for k in range(count) if (start + k) % count not in tried]
+        if not order:
+            return None
+        healthy = [i for i in order if self.health[i].failed_until <= now] or order
+        return min(healthy, key=lambda i: self.health[i].in_flight)
+
+
+@attrs.frozen
+class RoutingTable:
+    routes: Mapping[str, Route]
+    # Prefix routes, longest prefix first.
+    prefixes: Tuple[Tuple[str, Route], ...]
+    # Made-up host of each unix-socket replica → the socket's path.
+    sockets: Mapping[bytes, str]
 
     @classmethod
-    def from_config(cls, model: ModelConfig) -> "Backend":
-        headers = tuple((n.encode("ascii"), v.encode("utf-8")) for n, v in model.headers)
-        return cls(
-            model=model.name,
-            base_url=model.url.encode("ascii"),
-            headers=headers,
-            replaced=frozenset(name.lower() for name, _ in headers),
-            host=_host_header(model.url),
+    def from_config(cls, config: Config, previous: Optional["RoutingTable"] = None) -> "RoutingTable":
+        sockets: Dict[bytes, str] = {}
+        health: Dict[str, ReplicaHealth] = previous.replica_health() if previous is not None else {}
+        routes = {}
+        for name, model in config.models.items():
+            old = previous.routes.get(name) if previous is not None else None
+            routes[name] = _route(model, sockets, health, old)
+        prefixes = sorted(
+            ((m.prefix, routes[n]) for n, m in config.models.items() if m.prefix is not None),
+            key=lambda pair: -len(pair[0]),
         )
+        return cls(routes, tuple(prefixes), sockets)
 
-    def url_for(self, uri: bytes) -> bytes:
-        return self.base_url + uri
+    def lookup(self, model: str) -> Optional[Route]:
+        """The exact name's route, else the longest matching prefix's."""
+        route = self.routes.get(model)
+        if route is not None and not route.name.endswith("*"):
+            return route
+        for prefix, route in self.prefixes:
+            if model.startswith(prefix):
+                return route
+        return None
+
+    def names(self) -> List[str]:
+        """What /v1/models lists: exact names, not patterns, not unlisted ones."""
+        return sorted(n for n, r in self.routes.items() if not n.endswith("*") and not r.unlisted)
+
+    def replica_health(self) -> Dict[str, ReplicaHealth]:
+        return {r.url: h for route in self.routes.values() for r, h in zip(route.replicas, route.health)}
+
+
+def _route(
+    model: ModelConfig,
+    sockets: Dict[bytes, str],
+    health: Dict[str, ReplicaHealth],
+    old: Optional[Route],
+) -> Route:
+    headers = tuple((n.encode("ascii"), v.encode("utf-8")) for n, v in model.headers)
+    replicas = tuple(_replica(url, sockets) for url in model.urls)
+    return Route(
+        name=model.name,
+        replicas=replicas,
+        health=tuple(health.setdefault(url, ReplicaHealth()) for url in model.urls),
+        headers=headers,
+        replaced=frozenset(name.lower() for name, _ in headers),
+        state=_state(model, old),
+        upstream_model=model.upstream_model,
+        strip=model.prefix if model.strip_prefix else None,
+        unlisted=model.unlisted,
+    )
+
+
+def _state(model: ModelConfig, old: Optional[Route]) -> RouteState:
+    """The old route's state if its limit is unchanged: queued and admitted requests keep counting."""
+    if old is not None:
+        limiter = old.state.limiter
+        same = (limiter.limit, limiter.max_queued) if limiter else None
+        if same == ((model.max_concurrent, model.max_queued) if model.max_concurrent else None):
+            return old.state
+    limiter = Limiter(model.max_concurrent, model.max_queued) if model.max_concurrent else None
+    return RouteState(limiter=limiter)
+
+
+def _replica(url: str, sockets: Dict[bytes, str]) -> Replica:
+    if url.startswith("unix:"):
+        path, _, prefix = url[len("unix:") :].partition(":")
+        host = next((h for h, p in sockets.items() if p == path), None)
+        if host is None:
+            host = _UNIX_HOST % (len(sockets),)
+            sockets[host] = path
+        return Replica(url=url, base_url=b"http://" + host + prefix.encode("ascii"), host=b"localhost", socket=path)
+    return Replica(url=url, base_url=url.encode("ascii"), host=_host_header(url))
 
 
 def _host_header(url: str) -> bytes:
@@ -51,18 +213,3 @@ def _host_header(url: str) -> bytes:
     if parts.port is None or parts.port == default:
         return host.encode("ascii")
     return ("%s:%d" % (host, parts.port)).encode("ascii")
-
-
-@attrs.frozen
-class RoutingTable:
-    backends: Mapping[str, Backend]
-
-    @classmethod
-    def from_config(cls, config: Config) -> "RoutingTable":
-        return cls({name: Backend.from_config(m) for name, m in config.models.items()})
-
-    def lookup(self, model: str) -> Optional[Backend]:
-        return self.backends.get(model)
-
-    def names(self) -> List[str]:
-        return sorted(self.backends)

@@ -9,7 +9,9 @@ period and then cuts off whatever is left.
 
 import os
 import resource
+import shutil
 import socket
+import tempfile
 from typing import Mapping, Optional, Set
 
 import attrs
@@ -19,7 +21,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web import server
+from twisted.web import resource as webresource, server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 
 from llmhop import config as configlib
@@ -28,6 +30,7 @@ from llmhop.auth import Authenticator
 from llmhop.channel import GatewayChannel, GatewayRequest
 from llmhop.endpoints import CachedEndpointFactory
 from llmhop.gateway import Gateway
+from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics
 from llmhop.proxy import Upstream
 from llmhop.errors import ConfigError
 from llmhop.routing import RoutingTable
@@ -47,10 +50,17 @@ class GatewaySite(server.Site):
     noisy = False
 
     def __init__(
-        self, gateway: Gateway, timeouts: configlib.Timeouts, reactor, access_log: Optional[AccessLog] = None
+        self,
+        gateway: Gateway,
+        timeouts: configlib.Timeouts,
+        reactor,
+        access_log: Optional[AccessLog] = None,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         super().__init__(gateway, timeout=timeouts.idle, reactor=reactor)
         self.access_log = access_log or AccessLog()
+        # Outlives reloads: counters go on counting.
+        self.metrics = metrics
         self.gateway = gateway
         self.timeouts = timeouts
         self.in_flight: Set[GatewayRequest] = set()
@@ -98,24 +108,70 @@ def build_pool(config: configlib.Config, reactor) -> HTTPConnectionPool:
     return pool
 
 
-def build_gateway(config: configlib.Config, reactor, pool: HTTPConnectionPool) -> Gateway:
-    endpoints = CachedEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), config.timeouts.connect)
+def build_gateway(
+    config: configlib.Config,
+    reactor,
+    pool: HTTPConnectionPool,
+    metrics: Optional[Metrics] = None,
+    previous: Optional[RoutingTable] = None,
+) -> Gateway:
+    """The gateway for C{config}; C{previous} hands over replica health and queues on reload."""
+    routes = RoutingTable.from_config(config, previous)
+    endpoints = CachedEndpointFactory(reactor, BrowserLikePolicyForHTTPS(), config.timeouts.connect, routes.sockets)
     agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     auth = Authenticator.from_tokens(config.auth_tokens)
+    if metrics is not None:
+        metrics.routes_changed(routes.routes)
     return Gateway(
-        routes=RoutingTable.from_config(config),
+        routes=routes,
         auth=auth,
         upstream=Upstream(
-            agent, reactor, config.timeouts.response, config.timeouts.read, strip_authorization=auth.enabled
+            agent,
+            reactor,
+            config.timeouts.response,
+            config.timeouts.read,
+            strip_authorization=auth.enabled,
+            cooldown=config.timeouts.replicaCooldown,
+            metrics=metrics,
         ),
         max_body_bytes=config.max_body_bytes,
+        # With a listen address of their own, metrics are not served here.
+        metrics=metrics if config.metrics.listen is None else None,
+        public_metrics=config.metrics.public,
     )
 
 
-def build_site(config: configlib.Config, reactor, access_log: Optional[AccessLog] = None) -> GatewaySite:
+def build_site(
+    config: configlib.Config, reactor, access_log: Optional[AccessLog] = None, metrics: Optional[Metrics] = None
+) -> GatewaySite:
     pool = build_pool(config, reactor)
-    site = GatewaySite(build_gateway(config, reactor, pool), config.timeouts, reactor, access_log)
+    metrics = metrics or Metrics()
+    site = GatewaySite(build_gateway(config, reactor, pool, metrics), config.timeouts, reactor, access_log, metrics)
     site.pool = pool
+    return site
+
+
+class MetricsPage(webresource.Resource):
+    """/metrics alone, for metrics.listen: an address of its own, without client tokens."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request) -> bytes:
+        if request.path != b"/metrics":
+            request.setResponseCode(404)
+            return b"Not found: metrics are at /metrics\n"
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        return self.metrics.render()
+
+
+def build_metrics_site(metrics: Metrics, reactor) -> server.Site:
+    site = server.Site(MetricsPage(metrics), reactor=reactor)
+    site.noisy = False
+    site.log = lambda request: None  # scrapes stay out of the access log
     return site
 
 
@@ -171,15 +227,24 @@ class GatewayService(service.Service):
         self.config_path = config_path
         self.worker = worker
         self.handle_signals = handle_signals
-        self.site = build_site(config, reactor, access_log)
+        self.shared_dir = _metrics_dir(config, worker)
+        self.site = build_site(config, reactor, access_log, Metrics(self.shared_dir))
         self.port = None
+        self.metrics_port = None
         self.failed = False
         self._listening: Optional[defer.Deferred] = None
         self.workers: Optional[WorkerPool] = None
         if worker is None and config.workers > 1:
             if config_path is None:
                 raise ValueError("workers need the config file's path")
-            self.workers = WorkerPool(reactor, config_path, config.workers, config.timeouts.shutdown, relay_logs)
+            self.workers = WorkerPool(
+                reactor,
+                config_path,
+                config.workers,
+                config.timeouts.shutdown,
+                relay_logs,
+                on_exit=self.site.metrics.process_ended,
+            )
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
@@ -188,7 +253,8 @@ class GatewayService(service.Service):
             self._listening = defer.maybeDeferred(adopt_listening, self.reactor, self.config, self.site)
         else:
             self._listening = self._listen()
-        self._listening.addCallbacks(self._listened, self._cannot_listen)
+        self._listening.addCallback(self._listened)
+        self._listening.addErrback(self._cannot_listen)
 
     def _listen(self) -> defer.Deferred:
         try:
@@ -207,7 +273,26 @@ class GatewayService(service.Service):
         if self.handle_signals:
             self.reactor.callWhenRunning(SignalHandlers(self.reactor, self.reload).install)
 
-    def _listened(self, port) -> None:
+    def _listen_for_metrics(self) -> defer.Deferred:
+        """metrics.listen, in the first process only (workers share its socket for requests)."""
+        listen = self.config.metrics.listen
+        if listen is None or self.worker is not None:
+            return defer.succeed(None)
+        try:
+            endpoint = serverFromString(self.reactor, listen)
+        except Exception as e:
+            return defer.fail(ValueError("metrics.listen %s: %s" % (listen, e)))
+        return endpoint.listen(build_metrics_site(self.site.metrics, self.reactor))
+
+    def _listened(self, port) -> defer.Deferred:
+        metrics = self._listen_for_metrics()
+        metrics.addCallback(self._ready, port)
+        return metrics
+
+    def _ready(self, metrics_port, port) -> None:
+        self.metrics_port = metrics_port
+        if metrics_port is not None:
+            _log.info("metrics at http://{address}/metrics", address=_describe_address(metrics_port.getHost()))
         self.port = port
         write_through(port)
         _log.info("llmhop listening on {address}", address=_describe_address(port.getHost()))
@@ -236,8 +321,16 @@ class GatewayService(service.Service):
             _log.error("config not reloaded, the running one stays: {error}", error=str(e))
             return
         fixed = [key for key in ("listen", "workers") if getattr(config, key) != getattr(self.config, key)]
-        self.config = attrs.evolve(config, listen=self.config.listen, workers=self.config.workers)
-        self.site.replace(build_gateway(self.config, self.reactor, self.site.pool), self.config)
+        if config.metrics.listen != self.config.metrics.listen:
+            fixed.append("metrics.listen")
+        self.config = attrs.evolve(
+            config,
+            listen=self.config.listen,
+            workers=self.config.workers,
+            metrics=attrs.evolve(config.metrics, listen=self.config.metrics.listen),
+        )
+        gateway = build_gateway(self.config, self.reactor, self.site.pool, self.site.metrics, self.site.gateway.routes)
+        self.site.replace(gateway, self.config)
         _log.info("config reloaded from {path}: {n} model(s)", path=self.config_path, n=len(config.models))
         if fixed:
             _log.warn(
@@ -255,12 +348,17 @@ class GatewayService(service.Service):
         if self.workers is not None:
             stopping.append(self.workers.stop())
         yield defer.gatherResults(stopping, consumeErrors=True)
+        if self.worker is None and self.shared_dir is not None:
+            shutil.rmtree(self.shared_dir, ignore_errors=True)
 
     @defer.inlineCallbacks
     def _stop_serving(self):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+        if self.metrics_port is not None:
+            yield self.metrics_port.stopListening()
+            self.metrics_port = None
         in_flight = len(self.site.in_flight)
         if in_flight:
             _log.info("waiting up to {grace}s for {n} request(s) to finish", grace=self.config.timeouts.shutdown, n=in_flight)
@@ -275,6 +373,16 @@ class GatewayService(service.Service):
             else:
                 timer.cancel()
         yield self.site.pool.closeCachedConnections()
+
+
+def _metrics_dir(config: configlib.Config, worker: Optional[int]) -> Optional[str]:
+    """Where a router with workers keeps its metrics: made by the first process, inherited by workers."""
+    if worker is not None:
+        return os.environ.get(SHARED_DIR_ENVIRON)
+    if config.workers == 1:
+        return None
+    # systemd's RuntimeDirectory= if there is one (private, cleaned up), else the temporary directory.
+    return tempfile.mkdtemp(prefix="llmhop-metrics-", dir=os.environ.get("RUNTIME_DIRECTORY"))
 
 
 def _describe_address(address) -> str:

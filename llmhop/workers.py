@@ -75,6 +75,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.index = index
         self.system = "worker %d" % (index,)
         self.ended: defer.Deferred = defer.Deferred()
+        self.pid: Optional[int] = None
         self._partial = b""
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
@@ -106,6 +107,8 @@ class WorkerPool:
     count: int
     grace: float
     relay_logs: bool
+    # Told the pid of every worker that ended (its metrics stop counting as live).
+    on_exit: Optional[Callable[[int], None]] = None
     _listen_fd: Optional[int] = None
     _workers: Dict[int, protocol.ProcessProtocol] = attrs.Factory(dict)
     _started_at: Dict[int, float] = attrs.Factory(dict)
@@ -130,12 +133,15 @@ class WorkerPool:
             env=worker_environ(),
             childFDs={0: "w", 1: out, 2: err, INHERITED_FD: self._listen_fd},
         )
+        worker.pid = process.pid
         self._workers[index] = worker
         self._started_at[index] = self.reactor.seconds()
         _log.info("started worker {index} (pid {pid})", index=index, pid=process.pid)
 
     def worker_ended(self, worker: _WorkerProtocol, why) -> None:
         index = worker.index
+        if self.on_exit is not None and worker.pid is not None:
+            self.on_exit(worker.pid)
         if self._workers.get(index) is worker:
             del self._workers[index]
         if self._stopping:

@@ -41,6 +41,8 @@ class Backend(resource.Resource):
         self.reactor = reactor
         self.events = {}
         self.connections = {}
+        # Requests answered (the _events lookups aside), for tests of spreading.
+        self.served = 0
 
     def render(self, request):
         if request.path.startswith(b"/_events/"):
@@ -55,6 +57,7 @@ class Backend(resource.Resource):
         except (ValueError, AttributeError):
             script = {}
         self._record(request)
+        self.served += 1
         kind = script.get("kind", "echo")
         return getattr(self, "_" + kind)(request, body, script)
 
@@ -84,7 +87,7 @@ class Backend(resource.Resource):
                 ],
                 "sha256": hashlib.sha256(body).hexdigest(),
                 "length": len(body),
-                "client_port": request.getClientAddress().port,
+                "client_port": getattr(request.getClientAddress(), "port", None),
             }
         ).encode()
 
@@ -212,7 +215,8 @@ class RecordingSite(server.Site):
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
-        record = self.resource.connections[addr.port] = {"opened": time.time(), "closed": None}
+        key = getattr(addr, "port", len(self.resource.connections))  # a unix socket's peers have no port
+        record = self.resource.connections[key] = {"opened": time.time(), "closed": None}
         lost = protocol.connectionLost
 
         def connection_lost(reason):

@@ -87,3 +87,44 @@ def wait_for(predicate, timeout=5.0, interval=0.01):
 
     check()
     return result
+
+
+@pytest.fixture
+def make_backend():
+    """More scripted backends: make_backend() on TCP, make_backend(path) on a unix socket."""
+    ports = []
+
+    def make(unix_path=None):
+        site = backendlib.site(reactor)
+        scripted = site.resource
+        if unix_path is None:
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            scripted.url = "http://127.0.0.1:%d" % (port.getHost().port,)
+        else:
+            port = reactor.listenUNIX(str(unix_path), site)
+            scripted.url = "unix:%s" % (unix_path,)
+        ports.append(port)
+        return scripted
+
+    yield make
+    for port in ports:
+        pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+
+
+def scrape(router, headers=None):
+    """The router's /metrics, parsed: {(name, labels as a sorted tuple): value}."""
+    import treq
+    from prometheus_client.parser import text_string_to_metric_families
+
+    @defer.inlineCallbacks
+    def get():
+        response = yield treq.get(router.url + "/metrics", headers=headers)
+        assert response.code == 200, response.code
+        text = yield response.text()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    return get()

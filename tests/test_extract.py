@@ -185,3 +185,39 @@ def test_scanner_budget_refuses_pathological_bodies():
     body = b'{"x": [' + b'"a",' * 3_000_000 + b'"a"], "model": "m"}'
     with pytest.raises(ModelError, match="too many"):
         scan(body)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=8), _JSON, max_size=4),
+    st.text(),
+    st.text(min_size=1),
+    st.booleans(),
+    st.sampled_from([None, 1, 2]),
+)
+def test_rename_changes_the_model_and_nothing_else(document, old, new, ascii_only, indent):
+    from llmhop.extract import rename
+
+    # "model" last, so that its value is the last occurrence of those bytes.
+    document = {key: value for key, value in document.items() if key != "model"}
+    document["model"] = old
+    body = json.dumps(document, ensure_ascii=ascii_only, indent=indent).encode("utf-8")
+    renamed = rename(body, None, new)
+    assert json.loads(renamed) == dict(document, model=new)
+    assert extract_model(renamed, None) == new
+    # Only the bytes of the value changed.
+    start = body.rindex(json.dumps(old, ensure_ascii=ascii_only).encode("utf-8"))
+    assert renamed.startswith(body[:start]) and renamed.endswith(body[start + len(json.dumps(old, ensure_ascii=ascii_only).encode()) :])
+
+
+def test_rename_takes_the_last_top_level_model_like_json_loads():
+    from llmhop.extract import rename
+
+    body = b'{"model": "a", "x": {"model": "nested"}, "model": "b"}'
+    assert rename(body, None, "c") == b'{"model": "a", "x": {"model": "nested"}, "model": "c"}'

@@ -73,3 +73,16 @@ def test_wrong_hostname_is_502(make_router, tls_backend, trusted):
 def test_plain_http_to_a_tls_port_is_502(make_router, tls_backend):
     code, error = yield call(route(make_router, "http://127.0.0.1:%d" % (tls_backend,)))
     assert code == 502
+
+
+@inlineCallbacks
+def test_a_failed_tls_handshake_fails_over_to_the_next_replica(make_router, make_backend, tls_backend, tmp_path, monkeypatch):
+    """Nothing of the request was sent before the handshake failed: another replica may have it."""
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(ScratchCA().pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    live = make_backend()
+    router = make_router({"models": {"m": {"url": ["https://localhost:%d" % (tls_backend,), live.url]}}})
+    code, seen = yield call(router)
+    assert code == 200 and seen["method"] == "POST"
+    assert live.served == 1

@@ -311,3 +311,48 @@ def test_workers_flag_needs_a_shareable_listen(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "--workers: several workers need" in result.stderr
+
+
+def scrape_total(port, model="m", status="200"):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, text = get(port, "/metrics")
+    assert code == 200
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == "llmhop_requests_total" and sample.labels == {"model": model, "status": status}:
+                return sample.value
+    return 0
+
+
+def test_metrics_sum_every_worker_whichever_answers_the_scrape(start_router, backend_process, tmp_path):
+    run = tmp_path / "run"  # as systemd's RuntimeDirectory= would give
+    run.mkdir()
+    router = start_router(
+        {"listen": "127.0.0.1:0", "workers": 2, "models": {"m": {"url": backend_process.url}}},
+        environ=env(RUNTIME_DIRECTORY=str(run)),
+    )
+    router.wait_for_line(r"\[worker 2\] llmhop listening on")
+    port = router.port()
+    statuses = []
+    hit_until_both_serve(router, lambda: statuses.append(post_chat(port)[0]))
+    assert set(statuses) == {200}
+    # A process counts a request just after its last byte left, so under load
+    # a scrape can come first: wait for the total, then every scrape, on
+    # either process, must report it.
+    wait_for(lambda: scrape_total(port) == len(statuses))
+    totals = {scrape_total(port) for _ in range(20)}
+    assert totals == {len(statuses)}
+    assert re.search(r"\[worker 2\] GET /metrics", router.output)
+    assert re.search(r"(?m)^(?!.*\[worker 2\]).*GET /metrics", router.output)
+
+    # A worker that dies keeps its count; the restarted one adds to it.
+    pid = worker_pid(router)
+    os.kill(pid, signal.SIGKILL)
+    router.wait_for_line(r"started worker 2 \(pid (?!%d\))\d+\)" % (pid,))
+    router.wait_for_line(r"\[worker 2\] llmhop listening on")
+    assert scrape_total(port) == len(statuses)
+    assert len(os.listdir(run)) == 1
+    router.signal(signal.SIGTERM)
+    assert router.wait() == 0
+    assert os.listdir(run) == []

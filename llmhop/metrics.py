@@ -1,0 +1,140 @@
+"""Prometheus metrics (prometheus_client), shared by a router's processes.
+
+Labels are bounded: ``model`` is the config's route key (``openrouter/*`` for
+every name that prefix routes), or empty for requests that reached no route,
+so a client inventing model names cannot grow the registry.
+
+With workers, every process keeps its values in files of one directory
+(prometheus_client's multiprocess mode) and a scrape, whichever process
+answers it, sums them all: counters of a worker that died and was restarted
+keep counting, the gauges count live processes only.
+"""
+
+import os
+from typing import Dict, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# prometheus_client's own name for the directory of multiprocess mode.
+SHARED_DIR_ENVIRON = "PROMETHEUS_MULTIPROC_DIR"
+# LLM requests range from milliseconds (a cached model list) to many minutes
+# (a long completion that is not streamed).
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+
+
+class Metrics:
+    """@param shared_dir: the directory of a router with workers (see above)."""
+
+    def __init__(self, shared_dir: Optional[str] = None) -> None:
+        self.shared_dir = shared_dir
+        if shared_dir is not None:
+            os.environ[SHARED_DIR_ENVIRON] = shared_dir
+            # prometheus_client reads how to store values when each metric is
+            # made; this is how its multiprocess mode is turned on after import.
+            values.ValueClass = values.MultiProcessValue()
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "llmhop_requests", "Requests answered, by model route and status.", ["model", "status"], registry=registry
+        )
+        self.duration = Histogram(
+            "llmhop_request_duration_seconds",
+            "From the request's arrival to the end of its answer.",
+            ["model"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.first_byte = Histogram(
+            "llmhop_time_to_first_byte_seconds",
+            "From the request's arrival to the first byte of its answer (the first token of a stream).",
+            ["model"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_failures = Counter(
+            "llmhop_upstream_failures",
+            "Backend attempts that failed, by model route and kind "
+            "(refused, timeout, tls, bad-response, stalled, died).",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.request_bytes = Counter(
+            "llmhop_request_bytes", "Request body bytes received.", ["model"], registry=registry
+        )
+        self.response_bytes = Counter(
+            "llmhop_response_bytes", "Response body bytes sent.", ["model"], registry=registry
+        )
+        self.in_flight = Gauge(
+            "llmhop_requests_in_flight",
+            "Requests being forwarded, by model route.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "llmhop_requests_queued",
+            "Requests waiting for a model's concurrency limit.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        # Label children, looked up once: .labels() costs a lock and a dict.
+        self._per_model: Dict[str, Tuple] = {}
+        self._per_status: Dict[Tuple[str, str], object] = {}
+        self._gauges: Dict[str, Tuple[object, object]] = {}
+
+    def request_ended(
+        self,
+        model: str,
+        status: str,
+        duration: float,
+        first_byte: Optional[float],
+        received: int,
+        sent: int,
+    ) -> None:
+        children = self._per_model.get(model)
+        if children is None:
+            children = self._per_model[model] = (
+                self.duration.labels(model),
+                self.first_byte.labels(model),
+                self.request_bytes.labels(model),
+                self.response_bytes.labels(model),
+            )
+        duration_child, first_byte_child, received_child, sent_child = children
+        counter = self._per_status.get((model, status))
+        if counter is None:
+            counter = self._per_status[(model, status)] = self.requests.labels(model, status)
+        counter.inc()
+        duration_child.observe(duration)
+        if first_byte is not None:
+            first_byte_child.observe(first_byte)
+        received_child.inc(received)
+        sent_child.inc(sent)
+
+    def upstream_failed(self, model: str, kind: str) -> None:
+        self.upstream_failures.labels(model, kind).inc()
+
+    def route_gauges(self, model: str) -> Tuple[object, object]:
+        """The in-flight and queued gauges of route C{model}, for inc() and dec()."""
+        gauges = self._gauges.get(model)
+        if gauges is None:
+            gauges = self._gauges[model] = (self.in_flight.labels(model), self.queued.labels(model))
+        return gauges
+
+    def routes_changed(self, names) -> None:
+        """Show every configured route, at 0 until used."""
+        for name in names:
+            self.route_gauges(name)
+
+    def process_ended(self, pid: int) -> None:
+        """A worker is gone: its gauges no longer count (its counters do)."""
+        if self.shared_dir is not None:
+            multiprocess.mark_process_dead(pid, self.shared_dir)
+
+    def render(self) -> bytes:
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
+        return generate_latest(registry)

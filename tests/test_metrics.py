@@ -1,0 +1,77 @@
+"""GET /metrics: Prometheus text, checked with prometheus_client's own parser."""
+
+import json
+
+import treq
+from pytest_twisted import inlineCallbacks
+
+from tests.conftest import dead_url, scrape
+
+
+@inlineCallbacks
+def post(router, body, headers=None):
+    response = yield treq.post(
+        router.url + "/v1/chat/completions", body, headers=dict({"Content-Type": "application/json"}, **(headers or {}))
+    )
+    return response.code, (yield response.content())
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+@inlineCallbacks
+def test_requests_durations_bytes_and_failures_by_model(make_router, backend):
+    router = make_router({"models": {"m": {"url": backend.url}, "down": {"url": dead_url()}}})
+    bodies = [json.dumps({"model": "m", "n": "x" * i}).encode() for i in range(5)]
+    sent = 0
+    for body in bodies:
+        code, content = yield post(router, body)
+        assert code == 200
+        sent += len(content)
+    assert (yield post(router, b'{"model": "down"}'))[0] == 502
+    assert (yield post(router, b'{"model": "nope"}'))[0] == 404
+    samples = yield scrape(router)
+    assert value(samples, "llmhop_requests_total", model="m", status="200") == 5
+    assert value(samples, "llmhop_requests_total", model="down", status="502") == 1
+    # A name no route matches is counted without it: clients cannot grow the label set.
+    assert value(samples, "llmhop_requests_total", model="", status="404") == 1
+    assert value(samples, "llmhop_request_duration_seconds_count", model="m") == 5
+    assert value(samples, "llmhop_time_to_first_byte_seconds_count", model="m") == 5
+    assert value(samples, "llmhop_request_bytes_total", model="m") == sum(len(b) for b in bodies)
+    assert value(samples, "llmhop_response_bytes_total", model="m") == sent
+    assert value(samples, "llmhop_upstream_failures_total", model="down", kind="refused") == 1
+    assert value(samples, "llmhop_requests_in_flight", model="m") == 0
+    assert value(samples, "llmhop_requests_queued", model="m") == 0
+
+
+@inlineCallbacks
+def test_prefix_routes_are_labelled_by_their_pattern(make_router, backend):
+    router = make_router({"models": {"local/*": {"url": backend.url}}})
+    for i in range(3):
+        assert (yield post(router, json.dumps({"model": "local/%d" % (i,)}).encode()))[0] == 200
+    samples = yield scrape(router)
+    assert value(samples, "llmhop_requests_total", model="local/*", status="200") == 3
+    assert not any(dict(labels).get("model", "").startswith("local/") and dict(labels)["model"] != "local/*"
+                   for _, labels in samples)
+
+
+@inlineCallbacks
+def test_metrics_need_a_token_unless_public(make_router, backend):
+    guarded = make_router({"authTokens": ["tok"], "models": {"m": {"url": backend.url}}})
+    response = yield treq.get(guarded.url + "/metrics")
+    assert response.code == 401
+    samples = yield scrape(guarded, headers={"Authorization": "Bearer tok"})
+    assert ("llmhop_requests_in_flight", (("model", "m"),)) in samples
+
+    public = make_router({"authTokens": ["tok"], "metrics": {"public": True}, "models": {"m": {"url": backend.url}}})
+    yield scrape(public)
+    # Only /metrics is opened.
+    assert (yield post(public, b'{"model": "m"}'))[0] == 401
+
+
+@inlineCallbacks
+def test_metrics_answer_get_only(make_router, backend):
+    router = make_router({"models": {"m": {"url": backend.url}}})
+    response = yield treq.post(router.url + "/metrics", b"")
+    assert response.code == 405
