@@ -331,7 +331,7 @@ let
 
       services.llmhop.workers = lib.mapAttrsToList (name: model: {
         inherit kind name;
-        inherit (model) port;
+        inherit (model) port route;
       }) models;
 
       services.llmhop.${kind} = {

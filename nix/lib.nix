@@ -150,6 +150,19 @@ rec {
                   example = [ "--verbose" ];
                   description = "Arguments appended to this model's server command line as they are.";
                 };
+                route = mkOption {
+                  type = types.attrsOf types.anything;
+                  default = { };
+                  example = {
+                    maxConcurrentRequests = 16;
+                    unlisted = true;
+                  };
+                  description = ''
+                    More keys of this model's llmhop route (README, "Configuration
+                    reference"), e.g. a concurrency limit in front of the server;
+                    `url` is the worker's own.
+                  '';
+                };
               }
               // modelOptions name;
             }

@@ -128,7 +128,7 @@ in
     services.llmhop.workers = lib.mapAttrsToList (name: model: {
       kind = "llama-cpp";
       inherit name;
-      inherit (model) port;
+      inherit (model) port route;
     }) models;
 
     assertions = [

@@ -14,16 +14,26 @@ let
   format = pkgs.formats.json { };
 
   workerModels = lib.listToAttrs (
-    map (worker: lib.nameValuePair worker.name { url = llmhopLib.loopbackUrl worker.port; }) cfg.workers
+    map (
+      worker: lib.nameValuePair worker.name (worker.route // { url = llmhopLib.loopbackUrl worker.port; })
+    ) cfg.workers
   );
 
   # Unset optional keys are left out, so that llmhop's own defaults apply.
-  renderModel = model: lib.filterAttrs (key: value: !(key == "headers" && value == { })) model;
+  unset = value: value == null || value == false || value == { } || value == [ ];
+  renderModel = lib.filterAttrs (_: value: !(unset value));
+  metrics = renderModel cfg.settings.metrics;
   rendered =
-    lib.filterAttrs (key: value: value != null && !(key == "authTokens" && value == [ ])) cfg.settings
+    lib.filterAttrs (_: value: !(unset value)) (
+      removeAttrs cfg.settings [
+        "models"
+        "metrics"
+      ]
+    )
     // {
       models = lib.mapAttrs (_: renderModel) cfg.settings.models // workerModels;
-    };
+    }
+    // lib.optionalAttrs (metrics != { }) { inherit metrics; };
 
   rawConfigFile = format.generate "llmhop-config.json" rendered;
   # Secrets are not there at build time (they come from the environment or
@@ -159,6 +169,22 @@ in
             example = 33554432;
             description = "The largest request body accepted; `null` keeps llmhop's default.";
           };
+          metrics = {
+            public = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Serve `/metrics` without a client token.";
+            };
+            listen = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              example = "127.0.0.1:9108";
+              description = ''
+                Serve `/metrics` only on this address of its own (no client token
+                there), rather than on the main port.
+              '';
+            };
+          };
           models = mkOption {
             default = { };
             example = {
@@ -171,9 +197,44 @@ in
                 freeformType = format.type;
                 options = {
                   url = mkOption {
-                    type = types.str;
-                    example = "http://127.0.0.1:30000";
-                    description = "The backend's base URL; its path is kept as a prefix.";
+                    type = types.either types.str (types.nonEmptyListOf types.str);
+                    example = [
+                      "http://10.0.0.5:8000"
+                      "unix:/run/vllm/qwen.sock"
+                    ];
+                    description = ''
+                      The backend's base URL (`http://`, `https://`, or
+                      `unix:/path.sock` with an optional `:/prefix`); its path is kept
+                      as a prefix. A list: replicas of one model, with failover.
+                    '';
+                  };
+                  model = mkOption {
+                    type = types.nullOr types.str;
+                    default = null;
+                    example = "Qwen/Qwen3-8B";
+                    description = "The model name the backend expects, put in the forwarded body.";
+                  };
+                  stripPrefix = mkOption {
+                    type = types.bool;
+                    default = false;
+                    description = "For a prefix route (a name ending in `*`): forward the name without the prefix.";
+                  };
+                  unlisted = mkOption {
+                    type = types.bool;
+                    default = false;
+                    description = "Routable, but not listed in /v1/models.";
+                  };
+                  maxConcurrentRequests = mkOption {
+                    type = types.nullOr types.ints.positive;
+                    default = null;
+                    example = 16;
+                    description = "Requests forwarded at once (per router process); more wait in a FIFO queue.";
+                  };
+                  maxQueuedRequests = mkOption {
+                    type = types.nullOr types.ints.unsigned;
+                    default = null;
+                    example = 64;
+                    description = "How many may wait for that limit before the answer is 429; `null`: llmhop's default, 100.";
                   };
                   headers = mkOption {
                     type = types.attrsOf types.str;
@@ -218,6 +279,10 @@ in
             kind = mkOption { type = types.enum llmhopLib.kinds; };
             name = mkOption { type = types.str; };
             port = mkOption { type = types.port; };
+            route = mkOption {
+              type = types.attrsOf types.anything;
+              default = { };
+            };
           };
         }
       );
@@ -230,6 +295,10 @@ in
         {
           assertion = nameClashes == [ ];
           message = "services.llmhop: model names used twice (worker models and settings.models share one namespace): ${lib.concatStringsSep ", " nameClashes}";
+        }
+        {
+          assertion = lib.all (worker: !(worker.route ? url)) cfg.workers;
+          message = "services.llmhop: a worker model's `route` cannot set `url`; it is the worker's own.";
         }
         {
           assertion = portClashes == [ ];

@@ -35,6 +35,7 @@ python3Packages.buildPythonApplication {
       twisted
       treq
       attrs
+      prometheus-client
     ]
     ++ twisted.optional-dependencies.tls;
 

@@ -57,9 +57,22 @@ let
       credentials.client_token = "/run/secrets/client-token";
       settings = {
         authTokens = [ "\${file:client_token}" ];
+        metrics.listen = "127.0.0.1:9108";
         models."gpt-4o" = {
           url = "https://api.openai.com";
           headers.Authorization = "Bearer \${env:OPENAI_API_KEY}";
+        };
+        models."openrouter/*" = {
+          url = "https://openrouter.ai/api";
+          stripPrefix = true;
+        };
+        models.replicated = {
+          url = [
+            "http://10.0.0.5:8000"
+            "unix:/run/vllm/qwen.sock:/v1-prefix"
+          ];
+          model = "Qwen/Qwen3-32B";
+          maxConcurrentRequests = 8;
         };
       };
       llama-cpp = {
@@ -91,6 +104,7 @@ let
           port = 30020;
           model = "meta-llama/Llama-3.1-8B-Instruct";
           settings.max-model-len = 16384;
+          route.maxConcurrentRequests = 4;
         };
         models."mistral-7b" = {
           port = 30021;
@@ -123,7 +137,10 @@ let
         enable = true;
         models."gemma-3-1b".port = 30001;
         models."a/b".port = 30003;
-        models."a-b".port = 30003;
+        models."a-b" = {
+          port = 30003;
+          route.url = "http://127.0.0.1:9";
+        };
       };
     };
   };
@@ -183,7 +200,28 @@ let
         url = "https://api.openai.com";
         headers.Authorization = "Bearer \${env:OPENAI_API_KEY}";
       }
-      && lib.length (lib.attrNames rendered.models) == 6;
+      && lib.length (lib.attrNames rendered.models) == 8;
+
+    "replicas, aliases, prefix routes, limits and metrics render as llmhop reads them" =
+      rendered.models.replicated == {
+        url = [
+          "http://10.0.0.5:8000"
+          "unix:/run/vllm/qwen.sock:/v1-prefix"
+        ];
+        model = "Qwen/Qwen3-32B";
+        maxConcurrentRequests = 8;
+      }
+      && rendered.models."openrouter/*" == {
+        url = "https://openrouter.ai/api";
+        stripPrefix = true;
+      }
+      && rendered.metrics == {
+        listen = "127.0.0.1:9108";
+      }
+      && rendered.models."llama-3.1-8b" == {
+        url = "http://127.0.0.1:30020";
+        maxConcurrentRequests = 4;
+      };
 
     "listen is made from host and port" = rendered.listen == "0.0.0.0:8080";
 
@@ -351,6 +389,8 @@ let
     "a port used twice is caught" = hasInfix "ports used twice" clashMessages && hasInfix "30001" clashMessages && hasInfix "30003" clashMessages;
 
     "a model name used twice is caught" = hasInfix "model names used twice" clashMessages && hasInfix "gemma-3-1b" clashMessages;
+
+    "a worker's route cannot move its url" = hasInfix "cannot set `url`" clashMessages;
 
     "two names giving one unit name are caught" = hasInfix "same unit name: llama-cpp-a-b" clashMessages;
 

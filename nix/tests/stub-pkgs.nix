@@ -86,6 +86,7 @@ lib.fix (self: {
       };
       treq = python "treq";
       attrs = python "attrs";
+      prometheus-client = python "prometheus-client";
       pytestCheckHook = python "pytest-check-hook";
       pytest-twisted = python "pytest-twisted";
       hypothesis = python "hypothesis";
