@@ -1,7 +1,7 @@
 # Evaluates services.llmhop with nixpkgs' lib and quadlet-nix's NixOS module
 # (no nixpkgs needed) and checks what it renders. Run from the repository:
 #
-#   nix-instantiate --eval --strict nix/tests/eval.nix \
+#   nix-instantiate --eval --strict --read-write-mode nix/tests/eval.nix \
 #     --arg lib /path/to/nixpkgs.lib --arg quadlet-nix /path/to/quadlet-nix
 #
 # `lib` may be nixpkgs' lib itself, or a path to a nixpkgs or nixpkgs.lib
@@ -9,23 +9,10 @@
 # names the checks that passed (a failed check throws with its name) and holds
 # the sample's rendered llmhop config, for `llmhop --check --no-secrets`
 # (`-A renderedConfig --json`).
-{ lib, quadlet-nix }:
+{ lib, quadlet-nix }@inputs:
 let
-  lib' =
-    if builtins.isAttrs lib then
-      lib
-    else if builtins.pathExists (lib + "/lib/default.nix") then
-      import (lib + "/lib")
-    else
-      import lib;
-  quadletModule =
-    if builtins.isAttrs quadlet-nix && quadlet-nix ? nixosModules then
-      quadlet-nix.nixosModules.quadlet
-    else
-      quadlet-nix + "/nixos-module.nix";
-in
-let
-  lib = lib';
+  # These shadow the arguments: from here on, lib is nixpkgs' lib itself.
+  inherit (import ./inputs.nix inputs) lib quadletModule;
   inherit (lib) hasInfix hasPrefix;
   pkgs = import ./stub-pkgs.nix { inherit lib; };
 

@@ -3,23 +3,10 @@
 #
 #   nix-instantiate --eval --strict --json nix/tests/options.nix \
 #     --arg lib /path/to/nixpkgs.lib --arg quadlet-nix /path/to/quadlet-nix
-{ lib, quadlet-nix }:
+{ lib, quadlet-nix }@inputs:
 let
-  lib' =
-    if builtins.isAttrs lib then
-      lib
-    else if builtins.pathExists (lib + "/lib/default.nix") then
-      import (lib + "/lib")
-    else
-      import lib;
-  quadletModule =
-    if builtins.isAttrs quadlet-nix && quadlet-nix ? nixosModules then
-      quadlet-nix.nixosModules.quadlet
-    else
-      quadlet-nix + "/nixos-module.nix";
-in
-let
-  lib = lib';
+  # These shadow the arguments: from here on, lib is nixpkgs' lib itself.
+  inherit (import ./inputs.nix inputs) lib quadletModule;
   pkgs = import ./stub-pkgs.nix { inherit lib; };
   evaluated = lib.evalModules {
     modules = [
