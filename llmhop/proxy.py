@@ -60,7 +60,8 @@ def upstream_headers(request, backend: Route, strip_authorization: bool) -> Head
     """The headers to send to C{backend} for the client's C{request} (Host is set per replica)."""
     incoming = request.requestHeaders
     named = _connection_tokens(incoming)
-    out = Headers()
+    # First, as clients send it; each attempt sets its replica's value in place.
+    out = Headers({b"Host": [backend.replicas[0].host]})
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
         if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in backend.replaced:
