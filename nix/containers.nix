@@ -129,6 +129,23 @@ let
           example = "v0.11.0";
           description = "The image tag. Pin one: `latest` changes under you when the image is pulled again.";
         };
+        package = mkOption {
+          type = types.nullOr types.package;
+          default = null;
+          example = lib.literalExpression ''
+            pkgs.dockerTools.pullImage {
+              imageName = "${spec.image}";
+              imageDigest = "sha256:…";
+              hash = "sha256-…";
+            }
+          '';
+          description = ''
+            The image as a Nix package (an image archive, e.g. from
+            `pkgs.dockerTools`), loaded from the Nix store instead of pulling
+            `image`:`tag` from a registry: pinned by its hash, and no registry
+            is needed when the machine starts.
+          '';
+        };
         user = mkOption {
           type = types.str;
           default = kind;
@@ -225,7 +242,7 @@ let
               "--port"
               (toString model.port)
             ];
-          image = "${cfg.image}:${cfg.tag}";
+          image = if cfg.package != null then "docker-archive:${cfg.package}" else "${cfg.image}:${cfg.tag}";
           devices = cfg.devices;
           publishPorts = [ "127.0.0.1:${toString model.port}:${toString model.port}" ];
           volumes = [ "${cfg.cacheDir}:${hfHome}" ];

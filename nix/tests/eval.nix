@@ -133,6 +133,14 @@ let
   };
   clashMessages = lib.concatStringsSep "\n" (failedAssertions clash);
 
+  fromStore = eval {
+    services.llmhop.sglang = {
+      enable = true;
+      package = pkgs.writeText "sglang-image.tar.gz" "";
+      models.m.port = 30040;
+    };
+  };
+
   withoutQuadlet = evalWith [ ] {
     services.llmhop.vllm = {
       enable = true;
@@ -309,6 +317,8 @@ let
       && hasInfix "Entrypoint=vllm" v
       && hasInfix "serve meta-llama/Llama-3.1-8B-Instruct --served-model-name llama-3.1-8b --gpu-memory-utilization 0.450000 --max-model-len 16384 --host 0.0.0.0 --port 30020" v
       && hasInfix "-m sglang.launch_server --model-path Qwen/Qwen3-8B --served-model-name Qwen/Qwen3-8B" s;
+
+    "an image built with Nix is loaded from the store" = hasInfix "Image=docker-archive:/nix/store/00000000000000000000000000000000-sglang-image.tar.gz" fromStore.services.llmhop.sglang.containers.sglang-m._configText;
 
     "containers of one kind start one after another" =
       hasInfix "After=vllm-llama-3.1-8b.service" (quadlet "vllm" "vllm-mistral-7b")
