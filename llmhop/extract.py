@@ -41,7 +41,11 @@ class ModelError(ValueError):
 
 def extract_model(body: bytes, content_type: Optional[bytes]) -> str:
     """The model of C{body}, computed in one go."""
-    steps = model_steps(body, content_type)
+    return _run(model_steps(body, content_type))
+
+
+def _run(steps):
+    """What a step generator returns, without handing the reactor back in between."""
     while True:
         try:
             next(steps)
@@ -83,12 +87,7 @@ def rename_steps(body: bytes, content_type: Optional[bytes], name: str) -> Gener
 
 def rename(body: bytes, content_type: Optional[bytes], name: str) -> bytes:
     """C{rename_steps} in one go."""
-    steps = rename_steps(body, content_type, name)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return _run(rename_steps(body, content_type, name))
 
 
 def _media_type(content_type: bytes) -> bytes:
