@@ -9,8 +9,7 @@ new table, so that a SIGHUP neither forgets a failing replica nor lets twice
 the limit through.
 """
 
-import collections
-from typing import Deque, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
@@ -45,34 +44,32 @@ class ReplicaHealth:
 
 @attrs.define(eq=False)
 class Limiter:
-    """At most C{limit} requests at once; the next ones wait in FIFO order.
+    """At most C{limit} requests at once; up to C{max_queued} more wait, first come first served.
 
-    A waiting request is a Deferred; cancelling it (its client left) gives up
-    its place in the queue.
+    Twisted's DeferredSemaphore does the counting and the FIFO queue; a
+    waiting request is its Deferred, and cancelling it (the client left)
+    gives up the place.  This adds the bound on the queue.
     """
 
     limit: int
     max_queued: int
-    active: int = 0
-    waiting: Deque[defer.Deferred] = attrs.field(factory=collections.deque)
+    semaphore: defer.DeferredSemaphore = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.semaphore = defer.DeferredSemaphore(self.limit)
+
+    @property
+    def waiting(self) -> list:
+        return self.semaphore.waiting
 
     def acquire(self) -> Optional[defer.Deferred]:
         """A Deferred that fires when the request may go; None when the queue is full."""
-        if self.active < self.limit:
-            self.active += 1
-            return defer.succeed(None)
-        if len(self.waiting) >= self.max_queued:
+        if not self.semaphore.tokens and len(self.semaphore.waiting) >= self.max_queued:
             return None
-        waiter: defer.Deferred = defer.Deferred(self.waiting.remove)
-        self.waiting.append(waiter)
-        return waiter
+        return self.semaphore.acquire()
 
     def release(self) -> None:
-        if self.waiting:
-            # The place passes to the next in line: active stays the same.
-            self.waiting.popleft().callback(None)
-        else:
-            self.active -= 1
+        self.semaphore.release()
 
 
 @attrs.define(eq=False)
