@@ -120,7 +120,9 @@ class Route:
 
 @attrs.frozen
 class RoutingTable:
-    routes: Mapping[str, Route]
+    routes: Mapping[str, Route]  # every route by its config key
+    # The routes of exact names (keys not ending in *).
+    exact: Mapping[str, Route]
     # Prefix routes, longest prefix first.
     prefixes: Tuple[Tuple[str, Route], ...]
     # Made-up host of each unix-socket replica → the socket's path.
@@ -134,16 +136,17 @@ class RoutingTable:
         for name, model in config.models.items():
             old = previous.routes.get(name) if previous is not None else None
             routes[name] = _route(model, sockets, health, old)
+        exact = {n: routes[n] for n, m in config.models.items() if m.prefix is None}
         prefixes = sorted(
             ((m.prefix, routes[n]) for n, m in config.models.items() if m.prefix is not None),
             key=lambda pair: -len(pair[0]),
         )
-        return cls(routes, tuple(prefixes), sockets)
+        return cls(routes, exact, tuple(prefixes), sockets)
 
     def lookup(self, model: str) -> Optional[Route]:
         """The exact name's route, else the longest matching prefix's."""
-        route = self.routes.get(model)
-        if route is not None and not route.name.endswith("*"):
+        route = self.exact.get(model)
+        if route is not None:
             return route
         for prefix, route in self.prefixes:
             if model.startswith(prefix):
@@ -152,7 +155,7 @@ class RoutingTable:
 
     def names(self) -> List[str]:
         """What /v1/models lists: exact names, not patterns, not unlisted ones."""
-        return sorted(n for n, r in self.routes.items() if not n.endswith("*") and not r.unlisted)
+        return sorted(n for n, r in self.exact.items() if not r.unlisted)
 
     def replica_health(self) -> Dict[str, ReplicaHealth]:
         return {r.url: h for route in self.routes.values() for r, h in zip(route.replicas, route.health)}
