@@ -13,6 +13,7 @@ keep counting, the gauges count live processes only.
 import os
 from typing import Dict, Optional, Tuple
 
+import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -21,6 +22,18 @@ SHARED_DIR_ENVIRON = "PROMETHEUS_MULTIPROC_DIR"
 # LLM requests range from milliseconds (a cached model list) to many minutes
 # (a long completion that is not streamed).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+
+
+@attrs.frozen
+class _RouteMetrics:
+    """One route's label children."""
+
+    duration: object
+    first_byte: object
+    received: object
+    sent: object
+    in_flight: object
+    queued: object
 
 
 class Metrics:
@@ -80,9 +93,21 @@ class Metrics:
             registry=registry,
         )
         # Label children, looked up once: .labels() costs a lock and a dict.
-        self._per_model: Dict[str, Tuple] = {}
+        self._per_model: Dict[str, _RouteMetrics] = {}
         self._per_status: Dict[Tuple[str, str], object] = {}
-        self._gauges: Dict[str, Tuple[object, object]] = {}
+
+    def _route(self, model: str) -> "_RouteMetrics":
+        children = self._per_model.get(model)
+        if children is None:
+            children = self._per_model[model] = _RouteMetrics(
+                duration=self.duration.labels(model),
+                first_byte=self.first_byte.labels(model),
+                received=self.request_bytes.labels(model),
+                sent=self.response_bytes.labels(model),
+                in_flight=self.in_flight.labels(model),
+                queued=self.queued.labels(model),
+            )
+        return children
 
     def request_ended(
         self,
@@ -93,39 +118,29 @@ class Metrics:
         received: int,
         sent: int,
     ) -> None:
-        children = self._per_model.get(model)
-        if children is None:
-            children = self._per_model[model] = (
-                self.duration.labels(model),
-                self.first_byte.labels(model),
-                self.request_bytes.labels(model),
-                self.response_bytes.labels(model),
-            )
-        duration_child, first_byte_child, received_child, sent_child = children
+        children = self._route(model)
         counter = self._per_status.get((model, status))
         if counter is None:
             counter = self._per_status[(model, status)] = self.requests.labels(model, status)
         counter.inc()
-        duration_child.observe(duration)
+        children.duration.observe(duration)
         if first_byte is not None:
-            first_byte_child.observe(first_byte)
-        received_child.inc(received)
-        sent_child.inc(sent)
+            children.first_byte.observe(first_byte)
+        children.received.inc(received)
+        children.sent.inc(sent)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_failures.labels(model, kind).inc()
 
     def route_gauges(self, model: str) -> Tuple[object, object]:
         """The in-flight and queued gauges of route C{model}, for inc() and dec()."""
-        gauges = self._gauges.get(model)
-        if gauges is None:
-            gauges = self._gauges[model] = (self.in_flight.labels(model), self.queued.labels(model))
-        return gauges
+        children = self._route(model)
+        return children.in_flight, children.queued
 
     def routes_changed(self, names) -> None:
         """Show every configured route, at 0 until used."""
         for name in names:
-            self.route_gauges(name)
+            self._route(name)
 
     def process_ended(self, pid: int) -> None:
         """A worker is gone: its gauges no longer count (its counters do)."""
