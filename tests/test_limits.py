@@ -26,6 +26,15 @@ def limited(make_router, backend, limit, queue):
 
 
 @inlineCallbacks
+def held(make_router, backend, queue, events=10):
+    """A router for model m with a limit of 1 and C{queue} places, and stream "a" holding the 1."""
+    router = limited(make_router, backend, 1, queue)
+    first = request(router, "a", kind="sse", n=events, interval=0.05)
+    yield wait_for(lambda: "a" in backend.events)
+    return router, first
+
+
+@inlineCallbacks
 def gauge(router, name):
     return (yield scrape(router)).get((name, (("model", "m"),)))
 
@@ -41,9 +50,7 @@ def queued(router, count, timeout=5.0):
 
 @inlineCallbacks
 def test_requests_over_the_limit_wait_and_go_in_arrival_order(make_router, backend):
-    router = limited(make_router, backend, 1, 10)
-    first = request(router, "a", kind="sse", n=10, interval=0.05)
-    yield wait_for(lambda: "a" in backend.events)
+    router, first = yield held(make_router, backend, 10)
     waiting = []
     for index, test_id in enumerate("bcd"):
         waiting.append(request(router, test_id))
@@ -63,9 +70,7 @@ def test_requests_over_the_limit_wait_and_go_in_arrival_order(make_router, backe
 
 @inlineCallbacks
 def test_a_full_queue_answers_429_with_retry_after(make_router, backend):
-    router = limited(make_router, backend, 1, 1)
-    first = request(router, "a", kind="sse", n=10, interval=0.05)
-    yield wait_for(lambda: "a" in backend.events)
+    router, first = yield held(make_router, backend, 1)
     second = request(router, "b")
     yield queued(router, 1)
     response = yield request(router, "c")
@@ -79,9 +84,7 @@ def test_a_full_queue_answers_429_with_retry_after(make_router, backend):
 
 @inlineCallbacks
 def test_a_client_that_leaves_the_queue_frees_its_place(make_router, backend):
-    router = limited(make_router, backend, 1, 1)
-    first = request(router, "a", kind="sse", n=20, interval=0.05)
-    yield wait_for(lambda: "a" in backend.events)
+    router, first = yield held(make_router, backend, 1, events=20)
     leaving = request(router, "b")
     leaving.addErrback(lambda _: None)
     yield queued(router, 1)
