@@ -56,15 +56,15 @@ def _hop_by_hop(name: bytes, named: frozenset) -> bool:
     return name in _HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
-def upstream_headers(request, backend: Route, strip_authorization: bool) -> Headers:
-    """The headers to send to C{backend} for the client's C{request} (Host is set per replica)."""
+def upstream_headers(request, route: Route, strip_authorization: bool) -> Headers:
+    """The headers to send to C{route}'s backend for the client's C{request} (Host is set per replica)."""
     incoming = request.requestHeaders
     named = _connection_tokens(incoming)
     # First, as clients send it; each attempt sets its replica's value in place.
-    out = Headers({b"Host": [backend.replicas[0].host]})
+    out = Headers({b"Host": [route.replicas[0].host]})
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
-        if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in backend.replaced:
+        if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in route.replaced:
             continue
         if strip_authorization and lower == b"authorization":
             continue
@@ -79,7 +79,7 @@ def upstream_headers(request, backend: Route, strip_authorization: bool) -> Head
     client_host = incoming.getRawHeaders(b"host")
     if client_host:
         out.setRawHeaders(b"X-Forwarded-Host", client_host[:1])
-    for name, value in backend.headers:
+    for name, value in route.headers:
         out.setRawHeaders(name, [value])
     return out
 
