@@ -295,11 +295,18 @@ class GatewayService(service.Service):
             _log.info("metrics at http://{address}/metrics", address=_describe_address(metrics_port.getHost()))
         self.port = port
         write_through(port)
+        if self.workers is not None:
+            self.workers.start(port.fileno())
+        # The port is bound before the reactor runs (so that twistd can drop
+        # privileges after binding), but until it runs no signal handler is
+        # installed and a SIGINT or SIGTERM sent on seeing "ready" would be
+        # lost or fatal: say it only then.
+        self.reactor.callWhenRunning(self._announce, port)
+
+    def _announce(self, port) -> None:
         _log.info("llmhop listening on {address}", address=_describe_address(port.getHost()))
         if self.worker is None:
             sd_notify(b"READY=1")
-        if self.workers is not None:
-            self.workers.start(port.fileno())
 
     def _cannot_listen(self, failure) -> None:
         self.failed = True
