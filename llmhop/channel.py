@@ -17,15 +17,14 @@ which can destroy the 413/401 before the client reads it.
 
 import re
 import time
-from typing import Optional
+from typing import Optional, Union
 
 from twisted.web import http, server
 
-from llmhop import errors
+from llmhop import errors, framing
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
-_VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 # Each this many body bytes received extend the upload deadline by a second.
 BODY_BYTES_PER_SECOND = 64 * 1024
 
@@ -39,6 +38,9 @@ class GatewayRequest(server.Request):
     """
 
     body = b""
+    # No Content-Type is invented for a relayed answer that has none (a
+    # browser would render model output as HTML); llmhop's own answers set one.
+    defaultContentType = None
     model: Optional[str] = None
     # The route's config key (a model name or a prefix pattern): the metrics' label.
     route: Optional[str] = None
@@ -175,6 +177,11 @@ class GatewayChannel(http.HTTPChannel):
     _body_started = 0.0
     _started_requests = 0
     _lingering = None
+    # The framing fields of the request head under way (None outside a head),
+    # then the reader of its body (None outside a body): llmhop frames bodies
+    # itself, never Twisted (see llmhop.framing).
+    _fields: Optional[framing.FramingFields] = None
+    _body: Union[framing.ChunkedBody, framing.ContentLengthBody, None] = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -212,36 +219,102 @@ class GatewayChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._rejected:
             return
+        if self._fields is not None and line:
+            # A field line of the head under way; the empty line ends it.
+            try:
+                framing.check_field_line(line)
+            except framing.FramingError as e:
+                self.reject(self.requests[-1], e.error)
+                return
         pending = len(self.requests)
         super().lineReceived(line)
         if len(self.requests) > pending and not self._rejected and not self.transport.disconnecting:
-            if self._version not in _VERSIONS:
-                # Twisted 22.4 would answer "TTP/1.1 200 OK" to "TTP/1.1".
-                self._respondToBadRequestAndDisconnect()
-                return
-            self._started_requests += 1
-            if self._started_requests > 1:
-                # A further request on a kept-alive connection gets its own
-                # deadline; the first one's started when the connection did.
-                self._body_started = 0.0
-                self._arm(self.site.timeouts.requestHead)
+            self._request_line_received(line)
+
+    def _request_line_received(self, line: bytes) -> None:
+        try:
+            # Stricter than Twisted's parser, which splits on any white space
+            # (22.4 takes "GET\t/x\rHTTP/1.1") and would answer "TTP/1.1".
+            framing.check_request_line(line)
+        except framing.FramingError as e:
+            self.reject(self.requests[-1], e.error)
+            return
+        self._fields = framing.FramingFields()
+        self._started_requests += 1
+        if self._started_requests > 1:
+            # A further request on a kept-alive connection gets its own
+            # deadline; the first one's started when the connection did.
+            self._body_started = 0.0
+            self._arm(self.site.timeouts.requestHead)
+
+    def headerReceived(self, line: bytes) -> bool:
+        """Keep the framing fields to llmhop (L{llmhop.framing}); the rest goes to Twisted."""
+        fields = self._fields
+        if self._rejected or fields is None:
+            return False
+        try:
+            name = framing.field_name(line)
+        except framing.FramingError as e:
+            self.reject(self.requests[-1], e.error)
+            return False
+        if name == b"content-length":
+            fields.content_length.append(framing.field_value(line))
+            return True
+        if name == b"transfer-encoding":
+            fields.transfer_encoding.append(framing.field_value(line))
+            return True
+        if name == b"host":
+            fields.hosts += 1
+        return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
-        error = self.site.gateway.screen(self._path, request.requestHeaders, self.length)
-        if error is None:
-            self._body_started = self.site.reactor.seconds()
-            self._arm(self.site.timeouts.requestBody)
-            # Only now may the stock code send "100 Continue".
-            super().allHeadersReceived()
-        else:
+        fields, self._fields = self._fields, None
+        try:
+            fields.check_host(self._version)
+            length = fields.body_length(self._version)
+        except framing.FramingError as e:
+            self.reject(request, e.error)
+            return
+        declared = None if length == framing.CHUNKED else length
+        error = self.site.gateway.screen(self._path, request.requestHeaders, declared)
+        if error is not None:
             self.reject(request, error)
+            return
+        self._body_started = self.site.reactor.seconds()
+        self._arm(self.site.timeouts.requestBody)
+        if length == framing.CHUNKED:
+            self.length = None  # not 0: the stock code then reads a body
+            cap, deliver = self.site.gateway.max_body_bytes, request.handleContentChunk
+            self._body = framing.ChunkedBody(cap, deliver, self._body_done, self._body_failed)
+        elif length:
+            self.length = length
+            self._body = framing.ContentLengthBody(length, request.handleContentChunk, self._body_done)
+        # Only now may the stock code send "100 Continue".
+        super().allHeadersReceived()
+
+    def _body_done(self, rest: bytes) -> None:
+        self._body = None
+        if self._rejected:
+            return
+        self.allContentReceived()
+        if rest:
+            # A pipelined request: LineReceiver parses it in turn, or the
+            # stock channel keeps it until this request is answered.
+            self.dataReceived(rest)
+
+    def _body_failed(self, error: framing.FramingError) -> None:
+        self._body = None
+        if not self._rejected:
+            self.reject(self.requests[-1], error.error)
 
     def reject(self, request: GatewayRequest, error: errors.ApiError) -> None:
         """Answer C{request} (whose body is not all in) now, and close the connection."""
         self._disarm()
         # The request line is the channel's until the body is complete.
-        request.method, request.uri, request.clientproto = self._command, self._path, self._version
+        request.method, request.uri = self._command, self._path
+        # Twisted answers in the request's version: never in "TTP/1.1" or "HTTP/2.0".
+        request.clientproto = self._version if self._version in framing.VERSIONS else b"HTTP/1.1"
         request.path = self._path.partition(b"?")[0]
         self._rejected = True
         self.persistent = False
@@ -266,10 +339,13 @@ class GatewayChannel(http.HTTPChannel):
             self._lingering.cancel()
         super().connectionLost(reason)
 
-    # Once answered early, nothing the client still sends is parsed.
     def rawDataReceived(self, data: bytes) -> None:
-        if not self._rejected:
-            super().rawDataReceived(data)
+        if self._rejected:
+            return  # once answered early, nothing the client still sends is parsed
+        if self._body is not None:
+            self._body.feed(data)
+            return
+        super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
         if not self._rejected:

@@ -105,6 +105,20 @@ def unsupported_encoding() -> ApiError:
     )
 
 
+def unsupported_transfer_coding() -> ApiError:
+    return ApiError(
+        501,
+        "The only transfer coding accepted in a request is a single chunked.",
+        "invalid_request_error",
+        "unsupported_transfer_encoding",
+    )
+
+
+def invalid_path(message: str) -> ApiError:
+    """A request target that could leave the backend's path prefix (SPEC §5)."""
+    return ApiError(400, message, "invalid_request_error", "invalid_path")
+
+
 def too_many_requests(model: str) -> ApiError:
     """The model's concurrency limit and its queue are full (OpenAI's rate-limit shape)."""
     return ApiError(

@@ -20,6 +20,7 @@ from llmhop.extract import SMALL_BODY, ModelError, extract_model, model_steps, r
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
 from llmhop.routing import Route, RoutingTable
+from llmhop.target import check_target
 
 HEALTH_PATHS = (b"/health", b"/healthz")
 METRICS_PATH = b"/metrics"
@@ -46,6 +47,9 @@ class Gateway(resource.Resource):
 
     def screen(self, uri: bytes, headers, length: Optional[int]) -> Optional[errors.ApiError]:
         """The answer to a request that must not get past its headers, or None."""
+        invalid = check_target(uri)
+        if invalid is not None:
+            return invalid
         path = uri.partition(b"?")[0]
         open_path = path in HEALTH_PATHS or (path == METRICS_PATH and self.public_metrics)
         if not open_path and not self.auth.allows(headers.getRawHeaders(b"authorization")):
@@ -60,8 +64,6 @@ class Gateway(resource.Resource):
             return self._builtin(request, path)
         if path == METRICS_PATH and self.metrics is not None:
             return self._metrics(request)
-        if not request.uri.startswith(b"/"):
-            return self._fail(request, errors.bad_request("Only origin-form request targets are accepted."))
         return self._forward(request)
 
     def _builtin(self, request, path: bytes) -> object:

@@ -45,6 +45,11 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host"}
+# SPEC §5, header twins: some servers (CGI/WSGI-style environments, some
+# frameworks) read "X_Forwarded_For" as "X-Forwarded-For".  A client header
+# whose name, with _ read as -, is one of the headers llmhop sets itself is
+# dropped, as nginx drops underscore names by default.
+_SET_BY_LLMHOP = _NOT_FORWARDED | {b"x-forwarded-for"}
 
 
 def _connection_tokens(headers: Headers) -> frozenset:
@@ -68,6 +73,8 @@ def upstream_headers(request, route: Route, strip_authorization: bool) -> Header
             continue
         if strip_authorization and lower == b"authorization":
             continue
+        if b"_" in lower and _twin_of_ours(lower.replace(b"_", b"-"), route, strip_authorization):
+            continue
         out.setRawHeaders(name, values)
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
@@ -82,6 +89,16 @@ def upstream_headers(request, route: Route, strip_authorization: bool) -> Header
     for name, value in route.headers:
         out.setRawHeaders(name, [value])
     return out
+
+
+def _twin_of_ours(name: bytes, route: Route, strip_authorization: bool) -> bool:
+    """Whether C{name} (lower case, _ read as -) is a header llmhop sets or removes itself."""
+    return (
+        name in _SET_BY_LLMHOP
+        or name.startswith(b"proxy-")
+        or name in route.replaced
+        or (strip_authorization and name == b"authorization")
+    )
 
 
 @implementer(IBodyProducer)
@@ -280,6 +297,10 @@ class Exchange:
         request.setResponseCode(response.code, response.phrase)
         named = _connection_tokens(response.headers)
         out = request.responseHeaders
+        # twisted.web adds these to every response; a relayed one carries
+        # only what the backend sent (SPEC §5).
+        out.removeHeader(b"server")
+        out.removeHeader(b"date")
         for name, values in response.headers.getAllRawHeaders():
             if not _hop_by_hop(name.lower(), named):
                 out.setRawHeaders(name, values)

@@ -22,9 +22,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import resource as webresource, server
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from llmhop import config as configlib
+from llmhop import client, config as configlib
 from llmhop.accesslog import AccessLog
 from llmhop.auth import Authenticator
 from llmhop.channel import GatewayChannel, GatewayRequest
@@ -94,18 +94,8 @@ class GatewaySite(server.Site):
         return self._drained
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """Without this, every new backend connection logs two lines (as Synapse found)."""
-
-    noisy = False
-
-
 def build_pool(config: configlib.Config, reactor) -> HTTPConnectionPool:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_BACKEND
-    pool.cachedConnectionTimeout = config.timeouts.keepAlive
-    return pool
+    return client.build_pool(reactor, MAX_PERSISTENT_PER_BACKEND, config.timeouts.keepAlive)
 
 
 def build_gateway(

@@ -163,26 +163,6 @@ def test_garbage_gets_400_or_a_closed_connection(strict, name):
     yield still_serves(strict)
 
 
-SMUGGLING = {
-    "content-length-and-chunked": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "two-content-lengths": b"Content-Length: 14\r\nContent-Length: 15\r\n\r\n" + b'{"model": "m"}',
-    "negative-length": b"Content-Length: -14\r\n\r\n" + b'{"model": "m"}',
-    "signed-length": b"Content-Length: +14\r\n\r\n" + b'{"model": "m"}',
-    "bad-chunk-size": b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + b'{"model": "m"}' + b"\r\n0\r\n\r\n",
-    "unknown-transfer-coding": b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-}
-
-
-@pytest.mark.parametrize("name", sorted(SMUGGLING))
-@inlineCallbacks
-def test_request_smuggling_shapes_are_400_and_not_forwarded(router, backend, name):
-    raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Test-Id: smuggle\r\n" + SMUGGLING[name]
-    response = yield threads.deferToThread(rawhttp.exchange_until_closed, router.port, raw, 10)
-    assert rawhttp.status(response) == 400
-    assert "smuggle" not in backend.events
-    yield still_serves(router)
-
-
 def big_json(model_part, size=60 * 1024 * 1024):
     pad = b"A" * size
     return b'{"messages": [{"role": "user", "content": "' + pad + b'"}], ' + model_part + b"}"

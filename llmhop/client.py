@@ -1,0 +1,126 @@
+"""The connections to backends: Twisted's HTTP/1.1 client, with two changes.
+
+Both touch Twisted internals, here and nowhere else, because no public API
+offers them; C{tests/test_client.py} pins what they rely on.
+
+- The pool's connection factory (C{HTTPConnectionPool._factory}) is replaced:
+  the stock one logs two lines for every new backend connection (as Synapse
+  found).
+- Twisted's client parser keeps the response's C{Connection} field apart
+  (C{HTTPParser.connHeaders}), so C{Response.headers} never shows which other
+  fields the backend declared hop-by-hop (RFC 9110 §7.6.1), and the relay
+  could not remove them.  Each response gets its C{Connection} field back in
+  C{headers}, where the relay reads it and never forwards it.
+- Twisted's client takes a bare LF as a line end and turns a bare CR in a
+  field value into a space, so a response head that other parsers would split
+  differently looks clean by the time it is a L{Response}.  The raw head is
+  checked as it arrives: CR, LF or NUL anywhere but in CRLF line ends, or a
+  field name that is not a token, fails the request with
+  L{UnsafeResponseHead} (a L{ResponseFailed}: 502 C{upstream_bad_response})
+  and drops the connection; nothing of that answer is relayed (SPEC §5).
+"""
+
+import re
+from typing import Optional
+
+from twisted.internet.defer import Deferred
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, HTTPParser
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, ResponseFailed, _HTTP11ClientFactory
+from twisted.web.iweb import IResponse
+
+from llmhop.framing import TOKEN
+
+# The end of a response head as Twisted's client finds it (LF line ends, CR optional).
+_HEAD_END = re.compile(rb"\n\r?\n")
+# CR, LF or NUL outside a CRLF pair.
+_UNSAFE_IN_HEAD = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+# Heads longer than this are not scanned further (Twisted's own limits apply).
+_MAX_HEAD = 1024 * 1024
+
+
+class UnsafeResponseHead(ResponseFailed):
+    """The backend's response head holds CR, LF or NUL outside line ends, or a malformed field name."""
+
+
+def _sets(function, attribute: str) -> bool:
+    """Whether C{function}'s code names C{attribute} (it sets the attribute we read)."""
+    return attribute in function.__code__.co_names
+
+
+def _check_twisted() -> None:
+    """Fail at import, loudly, on a Twisted that no longer has what this module relies on."""
+    factory_init = _HTTP11ClientFactory.__init__
+    relied_on = [
+        ("HTTPConnectionPool._factory", hasattr(HTTPConnectionPool, "_factory")),
+        ("HTTP11ClientProtocol._parser", _sets(HTTP11ClientProtocol.request, "_parser")),
+        ("HTTPParser.connHeaders", _sets(HTTPParser.connectionMade, "connHeaders")),
+        ("_HTTP11ClientFactory._quiescentCallback", _sets(factory_init, "_quiescentCallback")),
+    ]
+    missing = [name for name, present in relied_on if not present]
+    if missing:
+        raise ImportError("llmhop.client: this Twisted lacks %s" % (", ".join(missing),))
+
+
+_check_twisted()
+
+
+class BackendProtocol(HTTP11ClientProtocol):
+    """An HTTP/1.1 client connection that checks response heads and keeps their C{Connection} field.
+
+    @ivar _head: the response head received so far, until its end is found;
+        None once it was (or while no request is under way).
+    @ivar _head_safe: whether the last complete head passed the check.
+    """
+
+    _head: Optional[bytearray] = None
+    _head_safe = True
+
+    def request(self, request) -> Deferred:
+        self._head, self._head_safe = bytearray(), True
+        answered = super().request(request)
+        parser = getattr(self, "_parser", None)
+        if parser is not None:  # None: the request was refused (RequestNotSent)
+            answered.addCallback(self._checked_response, parser)
+        return answered
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is not None:
+            self._scan_head(data)
+        super().dataReceived(data)
+
+    def _scan_head(self, data: bytes) -> None:
+        head = self._head
+        start = max(0, len(head) - 2)
+        head += data
+        end = _HEAD_END.search(head, start)
+        if end is None and len(head) < _MAX_HEAD:
+            return
+        complete = head if end is None else head[: end.end()]
+        self._head = None
+        self._head_safe = _UNSAFE_IN_HEAD.search(complete) is None
+
+    def _checked_response(self, response: IResponse, parser: HTTPClientParser) -> IResponse:
+        names_ok = all(TOKEN.fullmatch(name) is not None for name, _ in response.headers.getAllRawHeaders())
+        if not (self._head_safe and names_ok):
+            self.transport.abortConnection()
+            raise UnsafeResponseHead([Failure(ValueError("unsafe response head"))])
+        named = parser.connHeaders.getRawHeaders(b"connection")
+        if named:
+            response.headers.setRawHeaders(b"connection", named)
+        return response
+
+
+class BackendConnectionFactory(_HTTP11ClientFactory):
+    noisy = False
+
+    def buildProtocol(self, addr) -> BackendProtocol:
+        return BackendProtocol(self._quiescentCallback)
+
+
+def build_pool(reactor, max_persistent: int, keep_alive: float) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = BackendConnectionFactory
+    pool.maxPersistentPerHost = max_persistent
+    pool.cachedConnectionTimeout = keep_alive
+    return pool
