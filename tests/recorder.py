@@ -47,6 +47,8 @@ def parse_requests(data: bytes) -> Tuple[List[Seen], Optional[str]]:
                 seen.append(Seen(current.method, current.target, [(n, v) for n, v in current.headers], body))
                 conn.send(h11.Response(status_code=204, headers=[]))
                 conn.send(h11.EndOfMessage())
+                if conn.our_state is h11.MUST_CLOSE:
+                    return seen, None  # Connection: close; nothing after it is a request
                 conn.start_next_cycle()
     except h11.RemoteProtocolError as e:
         return seen, str(e)
