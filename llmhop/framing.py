@@ -41,8 +41,9 @@ _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.
 _FORBIDDEN_IN_HEAD = re.compile(rb"[\r\n\x00]")
 _DIGITS = re.compile(rb"[0-9]+")
 _HEXDIGITS = re.compile(rb"[0-9A-Fa-f]+")
-# A chunk extension (ignored) may hold visible ASCII, SP and HTAB.
-_CHUNK_EXTENSION = re.compile(rb"[ \t]*;[\t\x20-\x7e]*")
+# A chunk extension (ignored) may hold visible ASCII, SP and HTAB.  White
+# space before its ";" (RFC 9112's BWS) is refused: h11 refuses it too.
+_CHUNK_EXTENSION = re.compile(rb";[\t\x20-\x7e]*")
 
 # A Content-Length with more digits than this is above any maxBodyBytes.
 MAX_LENGTH_DIGITS = 18
