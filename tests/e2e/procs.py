@@ -5,6 +5,7 @@ is collected by reader threads so a chatty process never blocks on a full
 pipe, and waits are on a condition with a deadline, never a bare sleep.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -189,3 +190,25 @@ def wait_for(predicate, timeout=15.0):
 def write_config(path, settings):
     path.write_text(json.dumps(settings))
     return path
+
+
+@contextlib.contextmanager
+def router_before_recorder(directory, deadline):
+    """A router process whose model "m" is a recording backend under /api: (router, port, recorder)."""
+    from tests.recorder import Recorder
+
+    recorder = Recorder()
+    config = write_config(
+        directory / "config.json",
+        {
+            "listen": "127.0.0.1:0",
+            "timeouts": {"requestHead": deadline, "requestBody": deadline},
+            "models": {"m": {"url": recorder.url + "/api"}},
+        },
+    )
+    router = Router(config)
+    try:
+        yield router, router.port(), recorder
+    finally:
+        router.stop()
+        recorder.close()

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests import rawhttp
-from tests.recorder import Recorder, parse_requests
+from tests.recorder import parse_requests
 
 BODY = b'{"model": "m"}'
 
@@ -76,22 +76,10 @@ def hostile_request(draw):
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from tests.e2e.procs import Router, write_config
+    from tests.e2e.procs import router_before_recorder
 
-    recorder = Recorder()
-    config = write_config(
-        tmp_path_factory.mktemp("differential") / "config.json",
-        {
-            "listen": "127.0.0.1:0",
-            "timeouts": {"requestHead": 0.5, "requestBody": 0.5},
-            "models": {"m": {"url": recorder.url + "/api"}},
-        },
-    )
-    router = Router(config)
-    port = router.port()
-    yield router, port, recorder
-    router.stop()
-    recorder.close()
+    with router_before_recorder(tmp_path_factory.mktemp("differential"), deadline=0.5) as started:
+        yield started
 
 
 def send(port, data):

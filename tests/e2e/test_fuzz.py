@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests import rawhttp
-from tests.recorder import Recorder
 
 VALID = [
     rawhttp.request(b"POST", b"/v1/chat/completions", json.dumps({"model": "m", "messages": []}).encode()),
@@ -44,22 +43,10 @@ def mutated(draw):
 
 @pytest.fixture(scope="module")
 def fuzz_router(tmp_path_factory):
-    from tests.e2e.procs import Router, write_config
+    from tests.e2e.procs import router_before_recorder
 
-    backend = Recorder()
-    config = write_config(
-        tmp_path_factory.mktemp("fuzz") / "config.json",
-        {
-            "listen": "127.0.0.1:0",
-            "timeouts": {"requestHead": 0.3, "requestBody": 0.3},
-            "models": {"m": {"url": backend.url + "/api"}},
-        },
-    )
-    router = Router(config)
-    port = router.port()
-    yield router, port, backend
-    router.stop()
-    backend.close()
+    with router_before_recorder(tmp_path_factory.mktemp("fuzz"), deadline=0.3) as started:
+        yield started
 
 
 def send(port, data, half_close):
