@@ -1,10 +1,12 @@
 """Receiving a request: headers screened first, then the body collected in memory.
 
-twisted.web's stock channel is wrong for a gateway in three ways: it answers
+twisted.web's stock channel is wrong for a gateway in four ways: its framing
+is lax enough for request smuggling (so the framing fields are kept from it,
+and llmhop.framing reads each head line and body), it answers
 ``Expect: 100-continue`` before anyone looked at the headers, it calls the
 resource only once the whole body is in, and it spools bodies of 100 kB or
-more to a temporary file.  Here the gateway screens the headers (auth, declared
-size) before a body byte is read, so a bad token or an oversized upload costs
+more to a temporary file.  Here the gateway screens the headers (target, auth,
+declared size) before a body byte is read, so a bad token or an oversized upload costs
 the client one round trip and us nothing; bodies are counted as they arrive
 and kept in memory up to the cap; and the stock form parsing of POST bodies
 (which would walk a 100 MiB multipart upload) is skipped.
@@ -253,15 +255,15 @@ class GatewayChannel(http.HTTPChannel):
         if self._rejected or fields is None:
             return False
         try:
-            name = framing.field_name(line)
+            name, value = framing.split_field(line)
         except framing.FramingError as e:
             self.reject(self.requests[-1], e.error)
             return False
         if name == b"content-length":
-            fields.content_length.append(framing.field_value(line))
+            fields.content_length.append(value)
             return True
         if name == b"transfer-encoding":
-            fields.transfer_encoding.append(framing.field_value(line))
+            fields.transfer_encoding.append(value)
             return True
         if name == b"host":
             fields.hosts += 1

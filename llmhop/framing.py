@@ -27,7 +27,7 @@ connection: after a framing error nothing later on it can be trusted.
 """
 
 import re
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import attrs
 
@@ -85,16 +85,13 @@ def check_field_line(line: bytes) -> None:
         raise malformed("Obsolete line folding is not accepted (RFC 9112 §5.2).")
 
 
-def field_name(line: bytes) -> bytes:
-    """The lower-cased name of a field line, refused unless a token directly before the colon."""
-    name, colon, _ = line.partition(b":")
+def split_field(line: bytes) -> Tuple[bytes, bytes]:
+    """The lower-cased name and the value of a field line, refused unless the name is a token
+    directly before the colon."""
+    name, colon, value = line.partition(b":")
     if not colon or TOKEN.fullmatch(name) is None:
         raise malformed("Malformed header field name.")
-    return name.lower()
-
-
-def field_value(line: bytes) -> bytes:
-    return line.partition(b":")[2].strip(b" \t")
+    return name.lower(), value.strip(b" \t")
 
 
 @attrs.define
@@ -264,5 +261,5 @@ class ChunkedBody:
             return b""
         self._trailer_bytes += len(line) + 2
         check_field_line(line)
-        field_name(line)
+        split_field(line)
         return rest
