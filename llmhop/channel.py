@@ -67,14 +67,10 @@ class GatewayRequest(server.Request):
         return len(self._buffer) if self._buffer is not None else len(self.body)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._buffer is None:
-            return  # already answered
-        limit = self.channel.site.gateway.max_body_bytes
-        if len(self._buffer) + len(data) > limit:
-            self._buffer = None
-            self.channel.reject(self, errors.body_too_large(limit))
-            return
-        self._buffer += data
+        # The cap was enforced before these bytes came: by the declared
+        # Content-Length, or by the chunk size (llmhop.framing.ChunkedBody).
+        if self._buffer is not None:  # None: already answered
+            self._buffer += data
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self.method, self.uri, self.clientproto = command, path, version
