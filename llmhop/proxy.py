@@ -46,10 +46,12 @@ _HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host"}
 # SPEC §5, header twins: some servers (CGI/WSGI-style environments, some
-# frameworks) read "X_Forwarded_For" as "X-Forwarded-For".  A client header
-# whose name, with _ read as -, is one of the headers llmhop sets itself is
-# dropped, as nginx drops underscore names by default.
-_SET_BY_LLMHOP = _NOT_FORWARDED | {b"x-forwarded-for"}
+# frameworks) read "X_Forwarded_For" as "X-Forwarded-For", so each check
+# below is made on the name with _ read as -, and a client header that is
+# the twin of one llmhop sets or removes itself is dropped, as nginx drops
+# underscore names by default.  X-Forwarded-For itself is extended, so only
+# its twin is dropped.
+_TWIN_ONLY = b"x-forwarded-for"
 
 
 def _connection_tokens(headers: Headers) -> frozenset:
@@ -69,11 +71,11 @@ def upstream_headers(request, route: Route, strip_authorization: bool) -> Header
     out = Headers({b"Host": [route.replicas[0].host]})
     for name, values in incoming.getAllRawHeaders():
         lower = name.lower()
-        if lower in _NOT_FORWARDED or _hop_by_hop(lower, named) or lower in route.replaced:
+        # As a backend may read it: an underscore twin counts as the name itself.
+        key = lower.replace(b"_", b"-") if b"_" in lower else lower
+        if key in _NOT_FORWARDED or _hop_by_hop(key, named) or key in route.replaced:
             continue
-        if strip_authorization and lower == b"authorization":
-            continue
-        if b"_" in lower and _twin_of_ours(lower.replace(b"_", b"-"), route, strip_authorization):
+        if (strip_authorization and key == b"authorization") or (key == _TWIN_ONLY and key != lower):
             continue
         out.setRawHeaders(name, values)
     peer = request.getClientAddress()
@@ -89,16 +91,6 @@ def upstream_headers(request, route: Route, strip_authorization: bool) -> Header
     for name, value in route.headers:
         out.setRawHeaders(name, [value])
     return out
-
-
-def _twin_of_ours(name: bytes, route: Route, strip_authorization: bool) -> bool:
-    """Whether C{name} (lower case, _ read as -) is a header llmhop sets or removes itself."""
-    return (
-        name in _SET_BY_LLMHOP
-        or name.startswith(b"proxy-")
-        or name in route.replaced
-        or (strip_authorization and name == b"authorization")
-    )
 
 
 @implementer(IBodyProducer)
