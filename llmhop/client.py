@@ -1,7 +1,8 @@
-"""The connections to backends: Twisted's HTTP/1.1 client, with two changes.
+"""The connections to backends: Twisted's HTTP/1.1 client, with three changes.
 
-Both touch Twisted internals, here and nowhere else, because no public API
-offers them; C{tests/test_client.py} pins what they rely on.
+They touch Twisted internals, here and nowhere else, because no public API
+offers them; C{_check_twisted} checks at import what they rely on, and
+C{tests/test_client.py} pins how they behave.
 
 - The pool's connection factory (C{HTTPConnectionPool._factory}) is replaced:
   the stock one logs two lines for every new backend connection (as Synapse
