@@ -44,8 +44,9 @@ def bad_request(message: str, param: Optional[str] = None) -> ApiError:
     return ApiError(400, message, "invalid_request_error", "invalid_request", param)
 
 
-def model_missing(message: str) -> ApiError:
-    return ApiError(400, message, "invalid_request_error", "model_required", "model")
+def unroutable_body(message: str, code: str, param: Optional[str]) -> ApiError:
+    """A body whose model cannot be read: C{model_required}, or C{invalid_json} for a body that is not JSON."""
+    return ApiError(400, message, "invalid_request_error", code, param)
 
 
 def model_not_found(model: str) -> ApiError:

@@ -12,6 +12,8 @@ import re
 from email.message import Message
 from typing import Generator, Optional, Tuple
 
+from llmhop.errors import ApiError, unroutable_body
+
 MULTIPART = b"multipart/form-data"
 # Up to this size json.loads takes a few milliseconds: exact and fast enough.
 # Above it, the scanner below keeps the reactor free.
@@ -37,6 +39,20 @@ Steps = Generator[None, None, str]
 
 class ModelError(ValueError):
     """The body names no usable model; the message is safe to show the client."""
+
+    # The OpenAI-shaped error's code (and its param) for the client.
+    code = "model_required"
+    param: Optional[str] = "model"
+
+    def api_error(self) -> ApiError:
+        return unroutable_body(str(self), self.code, self.param)
+
+
+class InvalidJSON(ModelError):
+    """The body is not JSON (or nests deeper than any parser should follow)."""
+
+    code = "invalid_json"
+    param = None
 
 
 def extract_model(body: bytes, content_type: Optional[bytes]) -> str:
@@ -80,7 +96,7 @@ def rename_steps(body: bytes, content_type: Optional[bytes], name: str) -> Gener
         try:
             start, end = yield from _Scan(body).model_span()
         except IndexError:
-            raise ModelError("The request body is not valid JSON.") from None
+            raise InvalidJSON("The request body is not valid JSON.") from None
         value = json.dumps(name).encode("ascii")
     return b"".join((body[:start], value, body[end:]))
 
@@ -105,7 +121,7 @@ def _from_small_json(body: bytes) -> str:
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):
-            raise ModelError("The request body is not valid JSON.") from None
+            raise InvalidJSON("The request body is not valid JSON.") from None
     if not isinstance(document, dict):
         raise ModelError("The request body must be a JSON object.")
     return _model_value(document.get("model", None), "model" in document)
@@ -131,7 +147,7 @@ def _from_large_json(body: bytes) -> Steps:
     try:
         return (yield from scan.top_level_model())
     except IndexError:
-        raise ModelError("The request body is not valid JSON.") from None
+        raise InvalidJSON("The request body is not valid JSON.") from None
 
 
 class _Scan:
@@ -148,7 +164,7 @@ class _Scan:
         return self.steps % 4096 == 0
 
     def invalid(self) -> ModelError:
-        return ModelError("The request body is not valid JSON.")
+        return InvalidJSON("The request body is not valid JSON.")
 
     def char(self, pos: int) -> bytes:
         return self.body[pos : pos + 1]
@@ -168,8 +184,12 @@ class _Scan:
     def model_span(self) -> Generator[None, None, Tuple[int, int]]:
         """Where the value of the last top-level "model" lies in the body."""
         pos = yield from self.whitespace(0)
-        if self.char(pos) != b"{":
-            raise ModelError("The request body must be a JSON object." if pos < self.end else "The request body is not valid JSON.")
+        first = self.char(pos)
+        if first != b"{":
+            # Only the start is looked at: another JSON value, or no JSON at all.
+            if first and first in b'["-0123456789tfn':
+                raise ModelError("The request body must be a JSON object.")
+            raise InvalidJSON("The request body is not valid JSON.")
         model: Optional[Tuple[int, int]] = None
         pos = yield from self.whitespace(pos + 1)
         if self.char(pos) == b"}":
@@ -277,7 +297,7 @@ class _Scan:
         for match in _BRACKETS.finditer(self.body, lo, hi):
             depth += 1 if self.body[match.start()] in b"[{" else -1
             if depth + 1 > MAX_DEPTH:
-                raise ModelError("The request body is nested more than %d levels deep." % (MAX_DEPTH,))
+                raise InvalidJSON("The request body is nested more than %d levels deep." % (MAX_DEPTH,))
             if self.step():
                 yield
 
@@ -287,7 +307,7 @@ def _closer_end(body: bytes, lo: int, hi: int, nth_from_last: int) -> int:
     for _ in range(nth_from_last):
         hi = max(body.rfind(b"]", lo, hi), body.rfind(b"}", lo, hi))
         if hi < 0:
-            raise ModelError("The request body is not valid JSON.")
+            raise InvalidJSON("The request body is not valid JSON.")
     return hi + 1
 
 

@@ -102,7 +102,7 @@ class Gateway(resource.Resource):
             try:
                 model = extract_model(body, content_type)
             except ModelError as e:
-                return self._fail(request, errors.model_missing(str(e)))
+                return self._fail(request, e.api_error())
             self._route(request, model)
             return server.NOT_DONE_YET
         # A big body is scanned in slices so that other connections are
@@ -130,7 +130,7 @@ class Gateway(resource.Resource):
             try:
                 request.body = rename(request.body, content_type, forwarded)
             except ModelError as e:
-                self._fail(request, errors.model_missing(str(e)))
+                self._fail(request, e.api_error())
                 return
             self._admit(request, route)
             return
@@ -176,7 +176,7 @@ class Gateway(resource.Resource):
         if failure.check(defer.CancelledError) or request._disconnected:
             return
         failure.trap(ModelError)
-        self._fail(request, errors.model_missing(failure.getErrorMessage()))
+        self._fail(request, failure.value.api_error())
 
     def _fail(self, request, error: errors.ApiError) -> object:
         errors.respond(request, error)

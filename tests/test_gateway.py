@@ -117,20 +117,26 @@ def test_client_authorization_is_forwarded_when_llmhop_does_not_check_tokens(rou
 
 
 @pytest.mark.parametrize(
-    "body, why",
+    "body, why, code",
     [
-        (b"", "needs a JSON body"),
-        (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "must be a JSON object"),
-        (b'{"messages": []}', "no 'model' field"),
-        (b'{"model": 7}', "must be a string"),
-        (b'{"model": null}', "must be a string"),
-        (b'{"model": "m", "model": ["x"]}', "must be a string"),
-        (b"\xff\xfe{", "not valid JSON"),
+        (b"", "needs a JSON body", "model_required"),
+        (b"{not json", "not valid JSON", "invalid_json"),
+        (b"[1, 2]", "must be a JSON object", "model_required"),
+        (b'{"messages": []}', "no 'model' field", "model_required"),
+        (b'{"model": 7}', "must be a string", "model_required"),
+        (b'{"model": null}', "must be a string", "model_required"),
+        (b'{"model": "m", "model": ["x"]}', "must be a string", "model_required"),
+        (b"\xff\xfe{", "not valid JSON", "invalid_json"),
+        (b"[" * 600 + b"]" * 600, "must be a JSON object", "model_required"),
+        (b'{"m": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid JSON", "invalid_json"),
+        (b"{" + b" " * (300 * 1024) + b"oops", "not valid JSON", "invalid_json"),
+        (b" " * (300 * 1024) + b"oops", "not valid JSON", "invalid_json"),
+        (b" " * (300 * 1024) + b'["model"]', "must be a JSON object", "model_required"),
+        (b'{"m": ' + b"[" * 600 + b" " * (300 * 1024) + b"]" * 600 + b"}", "nested more than", "invalid_json"),
     ],
 )
 @inlineCallbacks
-def test_bad_model_is_400_in_openai_shape(router, body, why):
+def test_bad_model_is_400_in_openai_shape(router, body, why, code):
     response, content = yield post(router, body)
     assert response.code == 400
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
@@ -138,6 +144,7 @@ def test_bad_model_is_400_in_openai_shape(router, body, why):
     assert why in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
+    assert (error["code"], error["param"]) == (code, "model" if code == "model_required" else None)
 
 
 @inlineCallbacks
