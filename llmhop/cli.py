@@ -104,7 +104,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Straight to stderr, in the same format as the other lines, and cheaper.
     access_log = AccessLog(sys.stderr, system or DEFAULT_SYSTEM, plain=args.log_plain)
     path = os.path.abspath(args.config)
-    gateway = GatewayService(config, reactor, path, worker=worker, handle_signals=True, access_log=access_log)
+    gateway = GatewayService(
+        config, reactor, path, worker=worker, handle_signals=True, access_log=access_log, workers_flag=args.workers
+    )
     gateway.privilegedStartService()
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)

@@ -219,6 +219,8 @@ class GatewayService(service.Service):
     @param relay_logs: workers log through this process (twistd's log file)
         rather than to the stderr they share with it.
     @param access_log: where access lines go (default: twisted.logger).
+    @param workers_flag: the command line's C{--workers}, which a reloaded
+        config file does not override either.
     """
 
     def __init__(
@@ -230,8 +232,10 @@ class GatewayService(service.Service):
         handle_signals: bool = False,
         relay_logs: bool = False,
         access_log: Optional[AccessLog] = None,
+        workers_flag: Optional[int] = None,
     ) -> None:
         self.config = config
+        self.workers_flag = workers_flag
         self.reactor = reactor
         self.config_path = config_path
         self.worker = worker
@@ -336,6 +340,8 @@ class GatewayService(service.Service):
         except ConfigError as e:
             _log.error("config not reloaded, the running one stays: {error}", error=str(e))
             return
+        if self.workers_flag is not None:
+            config = attrs.evolve(config, workers=self.workers_flag)
         fixed = [key for key in ("listen", "workers") if getattr(config, key) != getattr(self.config, key)]
         if config.metrics.listen != self.config.metrics.listen:
             fixed.append("metrics.listen")
@@ -433,4 +439,6 @@ def makeService(options: Options) -> service.IService:
     config = configlib.with_workers(configlib.load_or_exit(options["config"]), options["workers"])
     # twistd owns the log (a file when daemonized): workers log through it.
     path = os.path.abspath(options["config"])
-    return GatewayService(config, reactor, path, handle_signals=True, relay_logs=True)
+    return GatewayService(
+        config, reactor, path, handle_signals=True, relay_logs=True, workers_flag=options["workers"]
+    )

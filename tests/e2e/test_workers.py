@@ -183,6 +183,16 @@ def test_workers_flag_overrides_the_config(tmp_path, backend_process, processes)
     for index in (2, 3):
         router.wait_for_line(r"\[worker %d\] llmhop listening on" % (index,))
 
+    # The flag still holds on reload: an unchanged file changes nothing.
+    router.signal(signal.SIGHUP)
+    router.wait_for_line(r"\[worker 1\] config reloaded from")
+    # A change that does need a restart: its warning comes after anything the first reload said.
+    write_config(config, {"listen": "127.0.0.1:1", "models": {"m": {"url": backend_process.url}}})
+    router.signal(signal.SIGHUP)
+    warning = router.wait_for_line(r"\[worker 1\] (\S.*) changed in ").group(1)
+    assert warning == "listen"
+    assert not [line for line in router.lines if "workers changed" in line or "and workers" in line]
+
 
 @pytest.mark.parametrize("value", ["0", "x"])
 def test_bad_workers_flag(tmp_path, value):
