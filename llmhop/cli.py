@@ -6,7 +6,8 @@ import sys
 from typing import List, Optional
 
 from llmhop import __version__
-from llmhop.config import load_or_exit, with_workers
+from llmhop.config import Config, count, load_or_exit, warnings, with_workers
+from llmhop.listening import listen_problems
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -16,7 +17,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "each request is forwarded to the backend configured for its model.",
     )
     parser.add_argument("--config", "-c", required=True, help="path to the JSON config file")
-    parser.add_argument("--version", action="version", version="llmhop " + __version__)
+    parser.add_argument("--version", "-V", action="version", version="llmhop " + __version__)
     parser.add_argument(
         "--check",
         action="store_true",
@@ -78,12 +79,23 @@ def log_observer(stream, system: Optional[str], plain: bool):
     return tagged
 
 
+def check(config: Config, path: str, on_this_host: bool = True) -> int:
+    """C{--check}: warnings, then what this host lacks to listen (not on build machines), then the verdict."""
+    for warning in warnings(config):
+        sys.stderr.write("llmhop: warning: %s\n" % (warning,))
+    problems = listen_problems(config) if on_this_host else []
+    if problems:
+        # The first, as for config errors and as a start would say it.
+        return _fail(problems[0])
+    print("llmhop: %s: config OK (%s)" % (path, count(len(config.models), "model")))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     config = with_workers(load_or_exit(args.config, resolve=not (args.check and args.no_secrets)), args.workers)
     if args.check:
-        print("llmhop: %s: config OK (%d models)" % (args.config, len(config.models)))
-        return 0
+        return check(config, args.config, on_this_host=not args.no_secrets)
 
     worker = None
     if args.worker is not None:
@@ -97,21 +109,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     from twisted.logger import globalLogBeginner
 
     system = "worker %d" % (worker or 1,) if worker or config.workers > 1 else None
-    globalLogBeginner.beginLoggingTo([log_observer(sys.stderr, system, args.log_plain)], redirectStandardIO=False)
     from llmhop.accesslog import DEFAULT_SYSTEM, AccessLog
+    from llmhop.errors import StartupError
     from llmhop.service import GatewayService
 
     # Straight to stderr, in the same format as the other lines, and cheaper.
     access_log = AccessLog(sys.stderr, system or DEFAULT_SYSTEM, plain=args.log_plain)
     path = os.path.abspath(args.config)
-    gateway = GatewayService(
-        config, reactor, path, worker=worker, handle_signals=True, access_log=access_log, workers_flag=args.workers
-    )
+    try:
+        gateway = GatewayService(
+            config, reactor, path, worker=worker, handle_signals=True, access_log=access_log, workers_flag=args.workers
+        )
+    except StartupError as e:
+        return _fail(str(e))
     gateway.privilegedStartService()
+    if gateway.failure is not None:
+        # Binding failed at once (it does, but for systemd's): one line, no
+        # reactor, and what was logged until now (Twisted's "starting on" of
+        # an address that was bound) is never shown.
+        return _fail(gateway.failure)
+    globalLogBeginner.beginLoggingTo([log_observer(sys.stderr, system, args.log_plain)], redirectStandardIO=False)
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
-    return 1 if gateway.failed else 0
+    return 1 if gateway.failure is not None else 0
+
+
+def _fail(why: str) -> int:
+    sys.stderr.write("llmhop: %s\n" % (why,))
+    return 1
 
 
 def run() -> None:

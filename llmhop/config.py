@@ -10,7 +10,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
@@ -136,6 +136,32 @@ def load_or_exit(path: str, resolve: bool = True) -> Config:
     except ConfigError as e:
         sys.stderr.write("llmhop: config error: %s\n" % (e,))
         raise SystemExit(1) from None
+
+
+def warnings(config: Config) -> List[str]:
+    """What is valid but probably not meant, each as one C{place: message} line."""
+    found = []
+    for name, model in config.models.items():
+        for place, url in _url_places(name, model):
+            if url.rstrip("/").endswith("/v1"):
+                found.append(
+                    "%s: %s ends in /v1, and clients' paths start with /v1 too, so the backend gets "
+                    "/v1/v1/...: drop the /v1 (a base URL as an SDK takes it) unless the API really lives "
+                    "under that prefix" % (place, url)
+                )
+    return found
+
+
+def count(n: int, noun: str) -> str:
+    """C{1 model}, C{2 models}."""
+    return "%d %s%s" % (n, noun, "" if n == 1 else "s")
+
+
+def _url_places(name: str, model: ModelConfig) -> List[Tuple[str, str]]:
+    place = "models.%s.url" % (name,)
+    if len(model.urls) == 1:
+        return [(place, model.url)]
+    return [("%s[%d]" % (place, index), url) for index, url in enumerate(model.urls)]
 
 
 def with_workers(config: Config, workers: Optional[int]) -> Config:

@@ -24,6 +24,10 @@ class ConfigError(Exception):
         return "%s: %s" % (self.place, self.message) if self.place else self.message
 
 
+class StartupError(Exception):
+    """The router cannot start; C{str()} is the one line to show, naming the place and the fix."""
+
+
 @attrs.frozen
 class ApiError:
     """An error response llmhop answers itself, without a backend."""

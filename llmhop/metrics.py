@@ -11,10 +11,13 @@ keep counting, the gauges count live processes only.
 """
 
 import os
-from typing import Dict, Optional, Tuple
+import tempfile
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+
+from llmhop.errors import StartupError
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 # prometheus_client's own name for the directory of multiprocess mode.
@@ -22,6 +25,31 @@ SHARED_DIR_ENVIRON = "PROMETHEUS_MULTIPROC_DIR"
 # LLM requests range from milliseconds (a cached model list) to many minutes
 # (a long completion that is not streamed).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+
+
+# Where the files of a router with workers may go when systemd gave no
+# RuntimeDirectory=: a read-only root (Kubernetes' readOnlyRootFilesystem)
+# usually still has the runtime's /dev/shm.
+FALLBACK_DIRS = ("/tmp", "/dev/shm")
+
+
+def make_shared_dir(environ: Mapping[str, str] = os.environ, fallbacks: Sequence[str] = FALLBACK_DIRS) -> str:
+    """A new private directory for the metrics of a router's processes.
+
+    In systemd's C{$RUNTIME_DIRECTORY} (private, cleaned up) if there is one,
+    else in C{$TMPDIR} or the first of C{fallbacks} that takes it.
+    """
+    candidates = [environ.get("RUNTIME_DIRECTORY"), environ.get("TMPDIR"), *fallbacks]
+    tried = []
+    for parent in dict.fromkeys(c for c in candidates if c):
+        try:
+            return tempfile.mkdtemp(prefix="llmhop-metrics-", dir=parent)
+        except OSError as e:
+            tried.append("%s (%s)" % (parent, e.strerror))
+    raise StartupError(
+        "workers: the processes share their metrics through a directory, and none is writable: %s; "
+        "mount a writable one (e.g. an emptyDir at /tmp) or set RUNTIME_DIRECTORY" % (", ".join(tried),)
+    )
 
 
 @attrs.frozen

@@ -8,12 +8,11 @@ period and then cuts off whatever is left.
 """
 
 import os
-import re
 import resource
 import shutil
 import socket
-import tempfile
-from typing import Mapping, Optional, Set
+import sys
+from typing import Mapping, NoReturn, Optional, Set
 
 import attrs
 from twisted.application import service
@@ -31,18 +30,13 @@ from llmhop.auth import Authenticator
 from llmhop.channel import GatewayChannel, GatewayRequest
 from llmhop.endpoints import CachedEndpointFactory
 from llmhop.gateway import Gateway
-from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics
+from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
 from llmhop.proxy import Upstream
-from llmhop.errors import ConfigError
+from llmhop.errors import ConfigError, StartupError
+from llmhop.listening import bind_failure, listen_problems, with_backlog
 from llmhop.routing import RoutingTable
 from llmhop.workers import SignalHandlers, WorkerPool, adopt_listening
 from llmhop.writethrough import write_through
-
-# SPEC §5: a burst of thousands of connections is accepted.  Twisted listens
-# with a backlog of 50, which loses handshakes in such a burst.
-DEFAULT_BACKLOG = 1024
-_SOMAXCONN = "/proc/sys/net/core/somaxconn"
-_BACKLOG_FORMS = ("tcp", "tcp6", "unix", "ssl")
 
 # The stock pool keeps 2 idle connections per backend; a busy backend would
 # then pay a TCP (and TLS) handshake for nearly every request.
@@ -172,18 +166,6 @@ def build_metrics_site(metrics: Metrics, reactor) -> server.Site:
     return site
 
 
-def with_backlog(listen: str, somaxconn: str = _SOMAXCONN) -> str:
-    """C{listen} with a backlog of L{DEFAULT_BACKLOG} (at most the kernel's somaxconn), unless it sets one."""
-    if listen.partition(":")[0] not in _BACKLOG_FORMS or re.search(r"(^|:)backlog=", listen):
-        return listen
-    try:
-        with open(somaxconn) as f:
-            limit = int(f.read())
-    except (OSError, ValueError):
-        limit = DEFAULT_BACKLOG
-    return "%s:backlog=%d" % (listen, max(1, min(DEFAULT_BACKLOG, limit)))
-
-
 def raise_open_file_limit() -> None:
     """Take the hard limit on open files, as Go programs do: every open stream costs two."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -244,7 +226,8 @@ class GatewayService(service.Service):
         self.site = build_site(config, reactor, access_log, Metrics(self.shared_dir))
         self.port = None
         self.metrics_port = None
-        self.failed = False
+        # Why the start failed: one line, naming the address and the fix.
+        self.failure: Optional[str] = None
         self._listening: Optional[defer.Deferred] = None
         self.workers: Optional[WorkerPool] = None
         if worker is None and config.workers > 1:
@@ -261,6 +244,8 @@ class GatewayService(service.Service):
 
     def privilegedStartService(self) -> None:
         service.Service.privilegedStartService(self)
+        if self.worker is None:
+            _warn_about(self.config)
         raise_open_file_limit()
         if self.worker is not None:
             self._listening = defer.maybeDeferred(adopt_listening, self.reactor, self.config, self.site)
@@ -270,14 +255,11 @@ class GatewayService(service.Service):
         self._listening.addErrback(self._cannot_listen)
 
     def _listen(self) -> defer.Deferred:
-        try:
-            endpoint = serverFromString(self.reactor, with_backlog(self.config.listen))
-        except (IndexError, KeyError) as e:
-            # The systemd parser looks the inherited socket up at parse time.
-            return defer.fail(ValueError("systemd passed no socket for %s (%s)" % (self.config.listen, e)))
-        except Exception as e:
-            return defer.fail(ValueError("%s: %s" % (self.config.listen, e)))
-        return endpoint.listen(self.site)
+        # Everything that can be seen without binding, before anything is bound.
+        problems = listen_problems(self.config)
+        if problems:
+            return defer.fail(StartupError(problems[0]))
+        return _listen_on(self.reactor, self.config.listen, self.site, "listen", with_backlog(self.config.listen))
 
     def startService(self) -> None:
         if self._listening is None:
@@ -291,11 +273,7 @@ class GatewayService(service.Service):
         listen = self.config.metrics.listen
         if listen is None or self.worker is not None:
             return defer.succeed(None)
-        try:
-            endpoint = serverFromString(self.reactor, listen)
-        except Exception as e:
-            return defer.fail(ValueError("metrics.listen %s: %s" % (listen, e)))
-        return endpoint.listen(build_metrics_site(self.site.metrics, self.reactor))
+        return _listen_on(self.reactor, listen, build_metrics_site(self.site.metrics, self.reactor), "metrics.listen")
 
     def _listened(self, port) -> defer.Deferred:
         metrics = self._listen_for_metrics()
@@ -322,12 +300,15 @@ class GatewayService(service.Service):
             sd_notify(b"READY=1")
 
     def _cannot_listen(self, failure) -> None:
-        self.failed = True
-        _log.error("llmhop cannot listen: {why}", why=failure.getErrorMessage())
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            self.reactor.callWhenRunning(self.reactor.stop)
+        """Remember why; C{llmhop} prints it before its reactor runs, else it is logged once running."""
+        why = failure.getErrorMessage()
+        self.failure = why if failure.check(StartupError) else "listen %s: %s" % (self.config.listen, why)
+        self._remove_shared_dir()
+        self.reactor.callWhenRunning(self._stop_failed)
+
+    def _stop_failed(self) -> None:
+        _log.error("llmhop: {why}", why=self.failure)
+        self.reactor.stop()
 
     def reload(self) -> None:
         """SIGHUP: read the config file again; keep the running one if the new one is wrong."""
@@ -351,9 +332,11 @@ class GatewayService(service.Service):
             workers=self.config.workers,
             metrics=attrs.evolve(config.metrics, listen=self.config.metrics.listen),
         )
+        if self.worker is None:
+            _warn_about(self.config)
         gateway = build_gateway(self.config, self.reactor, self.site.pool, self.site.metrics, self.site.gateway.routes)
         self.site.replace(gateway, self.config)
-        _log.info("config reloaded from {path}: {n} model(s)", path=self.config_path, n=len(config.models))
+        _log.info("config reloaded from {path}: {models}", path=self.config_path, models=configlib.count(len(config.models), "model"))
         if fixed:
             _log.warn(
                 "{keys} changed in {path}: restart llmhop to apply that (the rest was applied)",
@@ -370,6 +353,10 @@ class GatewayService(service.Service):
         if self.workers is not None:
             stopping.append(self.workers.stop())
         yield defer.gatherResults(stopping, consumeErrors=True)
+        self._remove_shared_dir()
+
+    def _remove_shared_dir(self) -> None:
+        """The first process made the metrics directory; it removes it."""
         if self.worker is None and self.shared_dir is not None:
             shutil.rmtree(self.shared_dir, ignore_errors=True)
 
@@ -397,14 +384,36 @@ class GatewayService(service.Service):
         yield self.site.pool.closeCachedConnections()
 
 
+def _warn_about(config: configlib.Config) -> None:
+    for warning in configlib.warnings(config):
+        _log.warn("{warning}", warning=warning)
+
+
+def _listen_on(reactor, description: str, factory, place: str, bind: Optional[str] = None) -> defer.Deferred:
+    """Bind C{description} (as C{bind}, with options added) for C{factory}; a failure is a L{StartupError} of one line."""
+    try:
+        endpoint = serverFromString(reactor, bind or description)
+    except (IndexError, KeyError) as e:
+        # The systemd parser looks the inherited socket up at parse time.
+        return defer.fail(StartupError("%s %s: systemd passed no such socket (%s)" % (place, description, e)))
+    except Exception as e:
+        return defer.fail(StartupError("%s %s: %s" % (place, description, e)))
+    listening = endpoint.listen(factory)
+    listening.addErrback(_bind_failed, description, place)
+    return listening
+
+
+def _bind_failed(failure, description: str, place: str):
+    raise StartupError(bind_failure(description, failure.value, place))
+
+
 def _metrics_dir(config: configlib.Config, worker: Optional[int]) -> Optional[str]:
     """Where a router with workers keeps its metrics: made by the first process, inherited by workers."""
     if worker is not None:
         return os.environ.get(SHARED_DIR_ENVIRON)
     if config.workers == 1:
         return None
-    # systemd's RuntimeDirectory= if there is one (private, cleaned up), else the temporary directory.
-    return tempfile.mkdtemp(prefix="llmhop-metrics-", dir=os.environ.get("RUNTIME_DIRECTORY"))
+    return make_shared_dir()
 
 
 def _describe_address(address) -> str:
@@ -437,8 +446,21 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     config = configlib.with_workers(configlib.load_or_exit(options["config"]), options["workers"])
+    # twistd reads a failure to start from its log, but what can be seen
+    # before binding is said on stderr, as for a config error.
+    problems = listen_problems(config)
+    if problems:
+        _exit_with(problems[0])
     # twistd owns the log (a file when daemonized): workers log through it.
     path = os.path.abspath(options["config"])
-    return GatewayService(
-        config, reactor, path, handle_signals=True, relay_logs=True, workers_flag=options["workers"]
-    )
+    try:
+        return GatewayService(
+            config, reactor, path, handle_signals=True, relay_logs=True, workers_flag=options["workers"]
+        )
+    except StartupError as e:
+        _exit_with(str(e))
+
+
+def _exit_with(why: str) -> NoReturn:
+    sys.stderr.write("llmhop: %s\n" % (why,))
+    raise SystemExit(1)

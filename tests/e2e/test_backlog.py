@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from llmhop.service import DEFAULT_BACKLOG, with_backlog
+from llmhop.listening import DEFAULT_BACKLOG, with_backlog
 from tests.e2e.procs import Router, write_config
 
 
