@@ -434,10 +434,16 @@ class Options(usage.Options):
         ["config", "c", None, "Path to the JSON config file."],
         ["workers", "w", None, "Router processes sharing the socket (overrides the config's workers).", int],
     ]
+    optFlags = [
+        ["check", None, "Validate the config (secret references included) and exit 0 or 1 without listening."],
+        ["no-secrets", None, "With --check: the structure only, secret references unresolved (for build machines)."],
+    ]
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required")
+        if self["no-secrets"] and not self["check"]:
+            raise usage.UsageError("--no-secrets only goes with --check")
         if self["workers"] is not None and self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
 
@@ -445,6 +451,12 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    if options["check"]:
+        # As llmhop --check does, before twistd daemonizes or binds anything.
+        from llmhop.cli import check
+
+        config = configlib.load_or_exit(options["config"], resolve=not options["no-secrets"])
+        raise SystemExit(check(config, options["config"], on_this_host=not options["no-secrets"]))
     config = configlib.with_workers(configlib.load_or_exit(options["config"]), options["workers"])
     # twistd reads a failure to start from its log, but what can be seen
     # before binding is said on stderr, as for a config error.

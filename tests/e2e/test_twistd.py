@@ -84,6 +84,29 @@ def test_twistd_bad_config_is_one_line(tmp_path):
     assert result.stderr.strip() == "llmhop: config error: models.m.url: not an absolute http://, https:// or unix: URL"
 
 
+def test_twistd_check_validates_without_starting(tmp_path):
+    def check(settings, *flags):
+        config = write_config(tmp_path / "config.json", settings)
+        return subprocess.run(
+            twistd_command() + ["llmhop", "--check", *flags, "--config", str(config)],
+            env=env(),
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    good = {"listen": "127.0.0.1:0", "models": {"m": {"url": "http://127.0.0.1:9"}}}
+    result = check(good)
+    assert (result.returncode, result.stdout.strip()) == (0, "llmhop: %s: config OK (1 model)" % (tmp_path / "config.json",))
+    assert not (tmp_path / "twistd.pid").exists() and not (tmp_path / "twistd.log").exists()
+    result = check({"models": {"m": {"url": "nope"}}})
+    assert (result.returncode, result.stderr.count("\n")) == (1, 1) and "models.m.url" in result.stderr
+    with_secret = dict(good, authTokens=["${env:NOT_SET_ANYWHERE}"])
+    assert check(with_secret).returncode == 1
+    assert check(with_secret, "--no-secrets").returncode == 0
+
+
 def test_wheel_ships_the_plugin_and_the_console_script(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), ROOT],
