@@ -12,10 +12,21 @@ keep counting, the gauges count live processes only.
 
 import os
 import tempfile
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from prometheus_client.metrics_core import Metric
 
 from llmhop.errors import StartupError
 
@@ -76,6 +87,11 @@ class Metrics:
             values.ValueClass = values.MultiProcessValue()
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        if shared_dir is None:
+            # CPU, memory, open descriptors of this process (Linux's /proc).
+            # With workers a scrape reaches one process of several, so its
+            # figures would stand for none of them: left out there.
+            ProcessCollector(registry=registry)
         self.requests = Counter(
             "llmhop_requests", "Requests answered, by model route and status.", ["model", "status"], registry=registry
         )
@@ -177,7 +193,26 @@ class Metrics:
 
     def render(self) -> bytes:
         if self.shared_dir is None:
-            return generate_latest(self.registry)
+            return generate_latest(_WithoutCreated(self.registry))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
         return generate_latest(registry)
+
+
+@attrs.frozen
+class _WithoutCreated:
+    """A registry's metrics without their C{_created} samples.
+
+    Each counter and histogram child carries one (when it was made): a series
+    per label set that dashboards never use.  prometheus_client 0.17 can turn
+    them off (C{disable_created_metrics}), Debian bookworm's 0.16 only by an
+    environment variable read at import, so they are dropped here, for both.
+    (Its multiprocess mode makes none.)
+    """
+
+    registry: CollectorRegistry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            metric.samples = [sample for sample in metric.samples if not sample.name.endswith("_created")]
+            yield metric

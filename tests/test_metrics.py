@@ -75,3 +75,15 @@ def test_metrics_answer_get_only(make_router, backend):
     router = make_router({"models": {"m": {"url": backend.url}}})
     response = yield treq.post(router.url + "/metrics", b"")
     assert response.code == 405
+
+
+@inlineCallbacks
+def test_process_metrics_and_no_created_series(make_router, backend):
+    router = make_router({"models": {"m": {"url": backend.url}}})
+    assert (yield post(router, b'{"model": "m"}'))[0] == 200
+    samples = yield scrape(router)
+    names = {name for name, _ in samples}
+    assert not [name for name in names if name.endswith("_created")]
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_open_fds") > 0
+    assert "process_cpu_seconds_total" in names
