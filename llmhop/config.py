@@ -28,6 +28,13 @@ _MAX_SOCKET_PATH = 107
 _ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "le", "lets", "onion"}
 _GO_LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]/]*):(?P<port>\d{1,5})")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Tokens that examples and manifests write for "put yours here": accepted,
+# they would let in anyone who read the example.
+_PLACEHOLDER = re.compile(
+    r"<.*>|x+|\.\.\.|(replace|change|fill|set)[-_ ]?(me|this|it)|your[-_ ]?(client[-_ ]?)?(token|secret|key)"
+    r"([-_ ]?here)?|placeholder|todo|tbd|example|secret|token",
+    re.IGNORECASE,
+)
 # Headers whose value is framing or connection management, owned by the proxy.
 _UNSETTABLE = {
     "connection",
@@ -381,6 +388,12 @@ def _tokens(value: Any, secret) -> Tuple[str, ...]:
             raise ConfigError(place, "an empty token would let anyone in")
         if any(c.isspace() for c in token) or not token.isascii():
             raise ConfigError(place, "a bearer token must be ASCII without spaces")
+        if _PLACEHOLDER.fullmatch(token):
+            raise ConfigError(
+                place,
+                "a placeholder (such as replace-me) would let in anyone who read the example: "
+                "put a real token there (e.g. from: openssl rand -hex 32)",
+            )
         tokens.append(token)
     return tuple(tokens)
 

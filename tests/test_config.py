@@ -188,3 +188,23 @@ def test_metrics_keys():
         configlib.parse({"models": {"m": {"url": "http://a"}}, "metrics": {"listen": "nonsense"}}, {})
     with pytest.raises(ConfigError, match=r"^metrics\.port: unknown key"):
         configlib.parse({"models": {"m": {"url": "http://a"}}, "metrics": {"port": 1}}, {})
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["replace-me", "REPLACE_ME", "changeme", "change-this", "your-token-here", "<token>", "xxxxxxxx", "...",
+     "placeholder", "secret", "token"],
+)
+def test_placeholder_client_tokens_are_refused(token):
+    with pytest.raises(ConfigError) as raised:
+        configlib.parse({"authTokens": ["good-Tok3n", "${env:T}"], "models": MODELS}, {"T": token})
+    # The same words whatever the value: a value is never echoed.
+    assert str(raised.value) == (
+        "authTokens[1]: a placeholder (such as replace-me) would let in anyone who read the example: "
+        "put a real token there (e.g. from: openssl rand -hex 32)"
+    )
+
+
+@pytest.mark.parametrize("token", ["replace-me-3f9c1a", "sk-token-123", "secret-sauce", "tok", "x1"])
+def test_tokens_that_only_contain_such_words_are_fine(token):
+    assert configlib.parse({"authTokens": [token], "models": MODELS}, {}).auth_tokens == (token,)
