@@ -30,6 +30,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "(for build machines where the secrets are not available)",
     )
     parser.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="reload when the config file changes (e.g. a Kubernetes ConfigMap), as on SIGHUP",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -118,7 +123,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     path = os.path.abspath(args.config)
     try:
         gateway = GatewayService(
-            config, reactor, path, worker=worker, handle_signals=True, access_log=access_log, workers_flag=args.workers
+            config,
+            reactor,
+            path,
+            worker=worker,
+            handle_signals=True,
+            access_log=access_log,
+            workers_flag=args.workers,
+            watch_config=args.watch_config,
         )
     except StartupError as e:
         return _fail(str(e))

@@ -35,6 +35,7 @@ from llmhop.proxy import Upstream
 from llmhop.errors import ConfigError, StartupError
 from llmhop.listening import bind_failure, listen_problems, with_backlog
 from llmhop.routing import RoutingTable
+from llmhop.watch import ConfigWatcher
 from llmhop.workers import SignalHandlers, WorkerPool, adopt_listening
 from llmhop.writethrough import write_through
 
@@ -203,6 +204,7 @@ class GatewayService(service.Service):
     @param access_log: where access lines go (default: twisted.logger).
     @param workers_flag: the command line's C{--workers}, which a reloaded
         config file does not override either.
+    @param watch_config: reload when the config file changes (L{ConfigWatcher}).
     """
 
     def __init__(
@@ -215,9 +217,14 @@ class GatewayService(service.Service):
         relay_logs: bool = False,
         access_log: Optional[AccessLog] = None,
         workers_flag: Optional[int] = None,
+        watch_config: bool = False,
     ) -> None:
         self.config = config
         self.workers_flag = workers_flag
+        # Only the first process watches: it passes a reload on to its workers.
+        self.watcher: Optional[ConfigWatcher] = None
+        if watch_config and worker is None and config_path is not None:
+            self.watcher = ConfigWatcher(reactor, config_path, self.reload)
         self.reactor = reactor
         self.config_path = config_path
         self.worker = worker
@@ -265,6 +272,8 @@ class GatewayService(service.Service):
         if self._listening is None:
             self.privilegedStartService()
         service.Service.startService(self)
+        if self.watcher is not None:
+            self.watcher.start()
         if self.handle_signals:
             self.reactor.callWhenRunning(SignalHandlers(self.reactor, self.reload).install)
 
@@ -347,6 +356,8 @@ class GatewayService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.worker is None:
             sd_notify(b"STOPPING=1")
         stopping = [self._stop_serving()]
@@ -435,6 +446,7 @@ class Options(usage.Options):
         ["workers", "w", None, "Router processes sharing the socket (overrides the config's workers).", int],
     ]
     optFlags = [
+        ["watch-config", None, "Reload when the config file changes (e.g. a Kubernetes ConfigMap), as on SIGHUP."],
         ["check", None, "Validate the config (secret references included) and exit 0 or 1 without listening."],
         ["no-secrets", None, "With --check: the structure only, secret references unresolved (for build machines)."],
     ]
@@ -467,7 +479,13 @@ def makeService(options: Options) -> service.IService:
     path = os.path.abspath(options["config"])
     try:
         return GatewayService(
-            config, reactor, path, handle_signals=True, relay_logs=True, workers_flag=options["workers"]
+            config,
+            reactor,
+            path,
+            handle_signals=True,
+            relay_logs=True,
+            workers_flag=options["workers"],
+            watch_config=options["watch-config"],
         )
     except StartupError as e:
         _exit_with(str(e))

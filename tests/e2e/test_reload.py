@@ -9,8 +9,9 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import rawhttp
-from tests.e2e.procs import Process, twistd_command, write_config
+from tests.e2e.procs import Process, Router, llmhop_command, twistd_command, write_config
 from tests.e2e.test_cli import get, post_chat
+from tests.test_watch import Mount
 
 
 def open_stream(port, model="m", n=40, interval=0.05):
@@ -95,3 +96,23 @@ def test_metrics_on_a_listen_address_of_their_own(start_router, backend_process)
     assert samples[("llmhop_requests_total", (("model", "m"), ("status", "200")))] == 1
     # Not on the main port any more: /metrics there is an ordinary (unroutable) request.
     assert get(port, "/metrics", headers={"Authorization": "Bearer tok"})[0] == 400
+
+
+def test_watch_config_follows_a_configmap_swap(tmp_path, backend_process, processes):
+    """What the Kubernetes manifest runs: the ConfigMap mounted as a directory, --watch-config, workers."""
+    settings = {"listen": "127.0.0.1:0", "workers": 2, "models": {"m": {"url": backend_process.url}}}
+    mount = Mount(str(tmp_path))
+    mount.publish(json.dumps(settings))
+    router = Router(mount.path, argv=llmhop_command() + ["--config", mount.path, "--watch-config"])
+    processes.append(router)
+    port = router.port()
+    router.wait_for_line(r"\[worker 2\] llmhop listening on")
+    assert post_chat(port, "added")[0] == 404
+
+    settings["models"]["added"] = {"url": backend_process.url}
+    mount.publish(json.dumps(settings))
+    router.wait_for_line(r"\[worker 1\] .*config.json changed: reloading")
+    for worker in (1, 2):
+        router.wait_for_line(r"\[worker %d\] config reloaded from .*: 2 models" % (worker,))
+    assert {post_chat(port, "added")[0] for _ in range(6)} == {200}
+    assert len([line for line in router.output.splitlines() if "changed: reloading" in line]) == 1
