@@ -30,6 +30,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "(for build machines where the secrets are not available)",
     )
     parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="ask the router running with this config for its /healthz and exit 0 or 1 (a container's HEALTHCHECK)",
+    )
+    parser.add_argument(
         "--watch-config",
         action="store_true",
         help="reload when the config file changes (e.g. a Kubernetes ConfigMap), as on SIGHUP",
@@ -44,6 +49,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--worker", metavar="INDEX:PARENT_PID", help=argparse.SUPPRESS)
     parser.add_argument("--log-plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.healthcheck and args.check:
+        parser.error("--healthcheck and --check exclude each other")
     if args.no_secrets and not args.check:
         parser.error("--no-secrets only goes with --check")
     if args.workers is not None and args.workers < 1:
@@ -98,6 +105,12 @@ def check(config: Config, path: str, on_this_host: bool = True) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.healthcheck:
+        from llmhop.probe import healthcheck
+
+        # Its address is all it needs: the secrets may not be readable by the checker.
+        why = healthcheck(load_or_exit(args.config, resolve=False))
+        return 0 if why is None else _fail(why)
     config = with_workers(load_or_exit(args.config, resolve=not (args.check and args.no_secrets)), args.workers)
     if args.check:
         return check(config, args.config, on_this_host=not args.no_secrets)

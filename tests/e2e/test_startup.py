@@ -9,6 +9,7 @@ import tempfile
 
 import pytest
 
+from tests.certs import ScratchCA
 from tests.e2e.procs import Router, env, llmhop_command, twistd_command, write_config
 
 MODELS = {"m": {"url": "http://127.0.0.1:9"}}
@@ -166,3 +167,37 @@ def get_status(port):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         return int(sock.recv(100).split()[1])
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("form", ["tcp", "all", "unix", "ssl"])
+def test_healthcheck_follows_the_configured_address(tmp_path, form, processes):
+    """The container's HEALTHCHECK: wherever the config listens, the check finds it."""
+    port = free_port()
+    listen = {
+        "tcp": "127.0.0.1:%d" % (port,),
+        "all": ":%d" % (port,),
+        "unix": "unix:%s/l.sock" % (tmp_path,),
+        "ssl": "ssl:%d:interface=127.0.0.1:privateKey=%s/server.pem" % (port, tmp_path),
+    }[form]
+    if form == "ssl":
+        (tmp_path / "server.pem").write_bytes(ScratchCA().issue(["localhost"]))
+    path = write_config(tmp_path / "c.json", {"listen": listen, "authTokens": ["${env:UNSET_HERE}"], "models": MODELS})
+    down = llmhop("--healthcheck", "--config", str(path))
+    assert one_line(down).startswith("llmhop: healthcheck: listen ")
+    router = Router(path, environ=env(UNSET_HERE="a-real-token-9f3"))
+    processes.append(router)
+    router.address()
+    # Without the secret: the address is all the check reads.
+    up = llmhop("--healthcheck", "--config", str(path))
+    assert (up.returncode, up.stdout, up.stderr) == (0, "", "")
+
+
+def test_healthcheck_of_a_socket_systemd_passes(tmp_path):
+    path = write_config(tmp_path / "c.json", {"listen": "systemd:domain=INET:index=0", "models": MODELS})
+    assert "has no address to connect to" in one_line(llmhop("--healthcheck", "--config", str(path)))
