@@ -33,16 +33,19 @@ python3Packages.buildPythonApplication {
     with python3Packages;
     [
       twisted
-      treq
       attrs
       prometheus-client
     ]
     ++ twisted.optional-dependencies.tls;
 
+  # treq and h11 are the tests' HTTP client and strict parser; llmhop itself
+  # does not import them (setup.cfg's `test` extra, as here).
   nativeCheckInputs = with python3Packages; [
     pytestCheckHook
     pytest-twisted
     hypothesis
+    treq
+    h11
   ];
   # The in-process suite; the end-to-end tests (processes, signals, twistd)
   # run in the repository's CI instead of the build sandbox.

@@ -391,11 +391,12 @@ let
 
     "two names giving one unit name are caught" = hasInfix "same unit name: llama-cpp-a-b" clashMessages;
 
-    "the flake packages llmhop from this checkout with twisted, treq and attrs" =
+    "the flake packages llmhop from this checkout with twisted and attrs, treq for its tests only" =
       flakePackage.pname == "llmhop"
       && builtins.match "[0-9]+[.][0-9]+[.][0-9]+.*" flakePackage.version != null
       && lib.elem "twisted" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies)
-      && lib.elem "treq" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies)
+      && !(lib.elem "treq" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies))
+      && lib.elem "treq" (map (p: lib.removePrefix "python3-" p.name) flakePackage.nativeCheckInputs)
       && lib.elem "attrs" (map (p: lib.removePrefix "python3-" p.name) flakePackage.dependencies)
       && builtins.pathExists "${flakePackage.src}/llmhop/__init__.py"
       && builtins.pathExists "${flakePackage.src}/twisted/plugins/llmhop_plugin.py"

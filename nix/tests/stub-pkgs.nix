@@ -90,6 +90,7 @@ lib.fix (self: {
       pytestCheckHook = python "pytest-check-hook";
       pytest-twisted = python "pytest-twisted";
       hypothesis = python "hypothesis";
+      h11 = python "h11";
     };
   writeScriptBin = name: text: built name { inherit text; };
   testers.runNixOSTest = args: built "nixos-test-${args.name}" args;
