@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional
 
 from llmhop import __version__
-from llmhop.config import Config, count, load_or_exit, warnings, with_workers
+from llmhop.config import Config, count, load_or_exit, schema_text, warnings, with_workers
 from llmhop.listening import listen_problems
 
 
@@ -16,7 +16,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         description="One HTTP port in front of many OpenAI-compatible inference servers: "
         "each request is forwarded to the backend configured for its model.",
     )
-    parser.add_argument("--config", "-c", required=True, help="path to the JSON config file")
+    parser.add_argument("--config", "-c", help="path to the JSON config file (required but for -V and --print-schema)")
+    parser.add_argument(
+        "--print-schema",
+        action="store_true",
+        help="print the JSON Schema of the config file (for editors' completion and validation) and exit",
+    )
     parser.add_argument("--version", "-V", action="version", version="llmhop " + __version__)
     parser.add_argument(
         "--check",
@@ -49,6 +54,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--worker", metavar="INDEX:PARENT_PID", help=argparse.SUPPRESS)
     parser.add_argument("--log-plain", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.config is None and not args.print_schema:
+        parser.error("the following arguments are required: --config/-c")
     if args.healthcheck and args.check:
         parser.error("--healthcheck and --check exclude each other")
     if args.no_secrets and not args.check:
@@ -105,6 +112,9 @@ def check(config: Config, path: str, on_this_host: bool = True) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.print_schema:
+        sys.stdout.buffer.write(schema_text())
+        return 0
     if args.healthcheck:
         from llmhop.probe import healthcheck
 

@@ -8,6 +8,7 @@ frozen attrs objects; nothing downstream re-validates or re-computes it.
 
 import json
 import os
+import pkgutil
 import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -17,6 +18,29 @@ import attrs
 
 from llmhop import secrets
 from llmhop.errors import ConfigError
+
+# The config's structure, written once: editors complete and validate with
+# this file (llmhop --print-schema), and the keys accepted here are its keys.
+SCHEMA_FILE = "config.schema.json"
+
+
+def schema_text() -> bytes:
+    data = pkgutil.get_data("llmhop", SCHEMA_FILE)
+    assert data is not None, "the package ships " + SCHEMA_FILE
+    return data
+
+
+_SCHEMA = json.loads(schema_text())
+
+
+def _keys(schema: Mapping[str, Any]) -> set:
+    return set(schema["properties"])
+
+
+_TOP_KEYS = _keys(_SCHEMA)
+_TIMEOUT_KEYS = _keys(_SCHEMA["properties"]["timeouts"])
+_METRICS_KEYS = _keys(_SCHEMA["properties"]["metrics"])
+_MODEL_KEYS = _keys(_SCHEMA["$defs"]["model"])
 
 DEFAULT_LISTEN = ":8080"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -191,11 +215,7 @@ def parse(
 ) -> Config:
     """Validate the decoded JSON document C{data}."""
     top = _object(data, "")
-    _known(
-        top,
-        "",
-        {"listen", "authTokens", "maxBodyBytes", "models", "timeouts", "workers", "metrics"},
-    )
+    _known(top, "", _TOP_KEYS)
 
     def secret(value: str, place: str) -> str:
         return secrets.expand(value, place, environ, cwd) if resolve else value
@@ -214,7 +234,7 @@ def parse(
 
 def _metrics(value: Any) -> MetricsConfig:
     spec = _object(value, "metrics")
-    _known(spec, "metrics", {"public", "listen"})
+    _known(spec, "metrics", _METRICS_KEYS)
     listen = spec.get("listen")
     return MetricsConfig(
         public=_bool(spec.get("public", False), "metrics.public"),
@@ -278,11 +298,7 @@ def _model(name: str, value: Any, secret) -> ModelConfig:
     if "*" in name[:-1]:
         raise ConfigError(place, "a * may only end a model name (a prefix route such as 'openrouter/*')")
     spec = _object(value, place)
-    _known(
-        spec,
-        place,
-        {"url", "headers", "model", "stripPrefix", "unlisted", "maxConcurrentRequests", "maxQueuedRequests"},
-    )
+    _known(spec, place, _MODEL_KEYS)
     headers = _object(spec.get("headers", {}), place + ".headers")
     upstream_model = spec.get("model")
     if upstream_model is not None:
@@ -400,7 +416,7 @@ def _tokens(value: Any, secret) -> Tuple[str, ...]:
 
 def _timeouts(value: Any) -> Timeouts:
     spec = _object(value, "timeouts")
-    _known(spec, "timeouts", {field.name for field in attrs.fields(Timeouts)})
+    _known(spec, "timeouts", _TIMEOUT_KEYS)
     return Timeouts(**{k: _positive_number(v, "timeouts." + k) for k, v in spec.items()})
 
 

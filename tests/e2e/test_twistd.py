@@ -123,6 +123,8 @@ def test_wheel_ships_the_plugin_and_the_console_script(tmp_path):
     # Twisted's own namespace must not be shadowed by the wheel.
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
     assert "llmhop/proxy.py" in names
+    # llmhop --print-schema reads it from the package.
+    assert "llmhop/config.schema.json" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "llmhop = llmhop.cli:run" in entry_points
 

@@ -1,0 +1,136 @@
+"""The config's JSON Schema (llmhop --print-schema): valid, complete, and never stricter than llmhop.
+
+llmhop checks more than a schema can say (URL forms, secret references,
+which headers the proxy owns), so the two are held together in the one
+direction that matters to an editor: whatever llmhop accepts, the schema
+accepts; whatever the schema refuses, llmhop refuses too.
+"""
+
+import json
+import os
+
+import attrs
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from llmhop import cli, config as configlib
+from llmhop.errors import ConfigError
+
+jsonschema = pytest.importorskip("jsonschema")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA = json.loads(configlib.schema_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+MODEL = SCHEMA["$defs"]["model"]["properties"]
+
+
+def accepted_by_llmhop(document):
+    try:
+        configlib.parse(document, {}, resolve=False)
+    except ConfigError:
+        return False
+    return True
+
+
+def test_the_schema_is_a_valid_draft_2020_12_schema():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_the_schema_has_every_key_with_llmhops_defaults():
+    timeouts = SCHEMA["properties"]["timeouts"]["properties"]
+    assert {name: spec["default"] for name, spec in timeouts.items()} == attrs.asdict(configlib.Timeouts())
+    top = SCHEMA["properties"]
+    assert top["listen"]["default"] == configlib.DEFAULT_LISTEN
+    assert top["maxBodyBytes"]["default"] == configlib.DEFAULT_MAX_BODY_BYTES
+    assert top["workers"]["maximum"] == configlib.MAX_WORKERS
+    assert top["metrics"]["properties"]["public"]["default"] == configlib.MetricsConfig().public
+    assert MODEL["maxQueuedRequests"]["default"] == configlib.DEFAULT_MAX_QUEUED
+    # Every key says what it is, for an editor's completion.
+    described = [top, timeouts, top["metrics"]["properties"], MODEL]
+    assert all(spec.get("description") for keys in described for spec in keys.values())
+
+
+SHIPPED = [os.path.join("examples", name) for name in sorted(os.listdir(os.path.join(ROOT, "examples")))] + [
+    os.path.join("packaging", "debian", "config.json")
+]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_every_shipped_config_is_valid(path):
+    with open(os.path.join(ROOT, path)) as f:
+        document = json.load(f)
+    VALIDATOR.validate(document)
+    assert accepted_by_llmhop(document)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {},
+        {"models": {}},
+        {"models": {"m": {}}},
+        {"models": {"m": {"url": "ftp://x"}}},
+        {"models": {"m": {"url": []}}},
+        {"models": {"m": {"url": "http://h", "extra": 1}}},
+        {"models": {"m": {"url": "http://h", "headers": {"Bad Name": "v"}}}},
+        {"models": {"m": {"url": "http://h", "maxQueuedRequests": -1}}},
+        {"models": {"a*b": {"url": "http://h"}}},
+        {"models": {"m": {"url": "http://h"}}, "lisen": ":80"},
+        {"models": {"m": {"url": "http://h"}}, "timeouts": {"connect": 0}},
+        {"models": {"m": {"url": "http://h"}}, "workers": 257},
+        {"models": {"m": {"url": "http://h"}}, "metrics": {"public": "yes"}},
+    ],
+)
+def test_structural_mistakes_are_refused_by_both(document):
+    assert not VALIDATOR.is_valid(document)
+    assert not accepted_by_llmhop(document)
+
+
+ANY = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 300), st.floats(-1, 1e3), st.text(max_size=4), st.just([]), st.just({})
+)
+
+
+def mostly(valid):
+    """Valid values nine times in ten: the interesting configs are the ones llmhop accepts."""
+    return st.integers(0, 9).flatmap(lambda draw: valid if draw else ANY)
+
+
+GOOD_URLS = st.sampled_from(["http://127.0.0.1:8000", "https://api.example/x/", "unix:/run/v.sock", "unix:/s:/p"])
+URLS = st.integers(0, 9).flatmap(lambda draw: GOOD_URLS if draw else st.sampled_from(["h:1", "", "http://h/?q", "unix:rel"]))
+MODEL_VALUES = {
+    "headers": mostly(st.dictionaries(st.sampled_from(["X-Key", "Bad Name", "Connection"]), st.text(max_size=3), max_size=2)),
+    "model": mostly(st.sampled_from(["Qwen/Qwen3-8B", ""])),
+    "stripPrefix": mostly(st.booleans()),
+    "unlisted": mostly(st.booleans()),
+    "maxConcurrentRequests": mostly(st.integers(0, 3)),
+    "maxQueuedRequests": mostly(st.integers(-1, 3)),
+    "bogus": ANY,
+}
+MODEL_ENTRY = st.fixed_dictionaries({"url": mostly(st.one_of(URLS, st.lists(URLS, max_size=3)))}, optional=MODEL_VALUES)
+NAMES = st.sampled_from(["m", "n", "local/*", "*", "m2", "o/*", "p", "q", "a*b", ""])
+MODELS = st.dictionaries(NAMES, mostly(MODEL_ENTRY), min_size=1, max_size=3)
+TOP = st.fixed_dictionaries(
+    {"models": mostly(MODELS)},
+    optional={
+        "listen": mostly(st.sampled_from([":8080", "127.0.0.1:1", "unix:/x", "nonsense"])),
+        "authTokens": mostly(st.lists(st.sampled_from(["tok-1", "", "${env:X}"]), max_size=2)),
+        "maxBodyBytes": mostly(st.integers(0, 10)),
+        "workers": mostly(st.integers(0, 3) | st.integers(250, 260)),
+        "timeouts": mostly(st.dictionaries(st.sampled_from(["connect", "idle", "nope"]), st.floats(0, 10), max_size=2)),
+        "metrics": mostly(st.fixed_dictionaries({}, optional={"public": mostly(st.booleans()), "listen": mostly(st.just("tcp:9")), "x": ANY})),
+        "extra": ANY,
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(TOP)
+def test_what_llmhop_accepts_the_schema_accepts(document):
+    if accepted_by_llmhop(document):
+        assert VALIDATOR.is_valid(document), list(VALIDATOR.iter_errors(document))
+
+
+def test_print_schema_prints_the_packaged_file(capsysbinary):
+    assert cli.main(["--print-schema"]) == 0
+    assert capsysbinary.readouterr().out == configlib.schema_text()
