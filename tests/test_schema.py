@@ -50,7 +50,7 @@ def test_the_schema_has_every_key_with_llmhops_defaults():
     assert all(spec.get("description") for keys in described for spec in keys.values())
 
 
-SHIPPED = [os.path.join("examples", name) for name in sorted(os.listdir(os.path.join(ROOT, "examples")))] + [
+SHIPPED = [os.path.join("examples", name) for name in sorted(os.listdir(os.path.join(ROOT, "examples"))) if name.endswith(".json")] + [
     os.path.join("packaging", "debian", "config.json")
 ]
 
