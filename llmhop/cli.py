@@ -10,7 +10,7 @@ from llmhop.config import Config, count, load_or_exit, schema_text, warnings, wi
 from llmhop.listening import listen_problems
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmhop",
         description="One HTTP port in front of many OpenAI-compatible inference servers: "
@@ -53,6 +53,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     # Used by the first process to start the others (see llmhop.workers).
     parser.add_argument("--worker", metavar="INDEX:PARENT_PID", help=argparse.SUPPRESS)
     parser.add_argument("--log-plain", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is None and not args.print_schema:
         parser.error("the following arguments are required: --config/-c")

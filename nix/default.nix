@@ -24,7 +24,8 @@ in
     llmhop = pkgs.callPackage ./package.nix { };
   });
 
-  # nix run github:OWNER/llmhop -- --config config.json
+  # nix run .# -- --config examples/config.json   (from a checkout; or the flake's URL
+  # where you host it, e.g. github:you/llmhop, in place of .#)
   apps = forAllSystems (pkgs: {
     default = {
       type = "app";

@@ -1,8 +1,8 @@
-"""The README's NixOS section and the generated options reference agree.
+"""docs/nixos.md and the generated options reference agree.
 
 nix/options.md is generated from the module (nix/options_md.py; `.ci/run`
 checks that it is current when the Nix inputs are there). These tests need no
-Nix: they hold the README to that reference.
+Nix: they hold docs/nixos.md to that reference.
 """
 
 import pathlib
@@ -18,9 +18,7 @@ def documented():
 
 
 def nixos_section():
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("### NixOS")
-    return readme[start : readme.index("\n## ", start)]
+    return (ROOT / "docs" / "nixos.md").read_text()
 
 
 def test_the_reference_documents_the_module():
@@ -30,14 +28,14 @@ def test_the_reference_documents_the_module():
         assert "services.llmhop.%s.models.<name>.port" % (kind,) in options
 
 
-def test_every_option_the_readme_names_exists():
+def test_every_option_the_docs_name_exists():
     options = documented()
     for name in set(MENTION.findall(nixos_section())):
         assert any(option == name or option.startswith(name + ".") for option in options), name
 
 
-def test_the_readme_names_every_option():
-    """Each option's own name appears, in backticks, in the README's summary."""
+def test_the_docs_name_every_option():
+    """Each option's own name appears, in backticks, in the docs' summary."""
     section = nixos_section()
     words = set(re.findall(r"[A-Za-z][A-Za-z0-9-]*", " ".join(re.findall(r"`([^`]*)`", section))))
     missing = sorted(
