@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from llmhop import __version__
 from llmhop.config import Config, count, load_or_exit, schema_text, warnings, with_workers
+from llmhop.errors import tell
 from llmhop.listening import listen_problems
 
 
@@ -106,11 +107,11 @@ def log_observer(stream, system: Optional[str], plain: bool):
 def check(config: Config, path: str, on_this_host: bool = True) -> int:
     """C{--check}: warnings, then what this host lacks to listen (not on build machines), then the verdict."""
     for warning in warnings(config):
-        sys.stderr.write("llmhop: warning: %s\n" % (warning,))
+        tell("warning: " + warning)
     problems = listen_problems(config) if on_this_host else []
     if problems:
         # The first, as for config errors and as a start would say it.
-        return _fail(problems[0])
+        return tell(problems[0])
     print("llmhop: %s: config OK (%s)" % (path, count(len(config.models), "model")))
     return 0
 
@@ -125,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         # Its address is all it needs: the secrets may not be readable by the checker.
         why = healthcheck(load_or_exit(args.config, resolve=False))
-        return 0 if why is None else _fail(why)
+        return 0 if why is None else tell(why)
     config = with_workers(load_or_exit(args.config, resolve=not (args.check and args.no_secrets)), args.workers)
     if args.check:
         return check(config, args.config, on_this_host=not args.no_secrets)
@@ -161,23 +162,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             watch_config=args.watch_config,
         )
     except StartupError as e:
-        return _fail(str(e))
+        return tell(str(e))
     gateway.privilegedStartService()
     if gateway.failure is not None:
         # Binding failed at once (it does, but for systemd's): one line, no
         # reactor, and what was logged until now (Twisted's "starting on" of
         # an address that was bound) is never shown.
-        return _fail(gateway.failure)
+        return tell(gateway.failure)
     globalLogBeginner.beginLoggingTo([log_observer(sys.stderr, system, args.log_plain)], redirectStandardIO=False)
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
     return 1 if gateway.failure is not None else 0
-
-
-def _fail(why: str) -> int:
-    sys.stderr.write("llmhop: %s\n" % (why,))
-    return 1
 
 
 def run() -> None:

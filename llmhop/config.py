@@ -10,14 +10,13 @@ import json
 import os
 import pkgutil
 import re
-import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
 
 from llmhop import secrets
-from llmhop.errors import ConfigError
+from llmhop.errors import ConfigError, tell
 
 # The config's structure, written once: editors complete and validate with
 # this file (llmhop --print-schema), and the keys accepted here are its keys.
@@ -165,8 +164,7 @@ def load_or_exit(path: str, resolve: bool = True) -> Config:
     try:
         return load(path, resolve=resolve)
     except ConfigError as e:
-        sys.stderr.write("llmhop: config error: %s\n" % (e,))
-        raise SystemExit(1) from None
+        raise SystemExit(tell("config error: %s" % (e,))) from None
 
 
 def warnings(config: Config) -> List[str]:
@@ -202,8 +200,7 @@ def with_workers(config: Config, workers: Optional[int]) -> Config:
     try:
         workers = _workers(workers, config.listen, "--workers")
     except ConfigError as e:
-        sys.stderr.write("llmhop: %s\n" % (e,))
-        raise SystemExit(1) from None
+        raise SystemExit(tell(str(e))) from None
     return attrs.evolve(config, workers=workers)
 
 

@@ -7,6 +7,7 @@ single line such as ``models.gpt-4o.url: not an http(s) URL``.
 """
 
 import json
+import sys
 from typing import Optional, Tuple
 
 import attrs
@@ -26,6 +27,12 @@ class ConfigError(Exception):
 
 class StartupError(Exception):
     """The router cannot start; C{str()} is the one line to show, naming the place and the fix."""
+
+
+def tell(line: str) -> int:
+    """Print the one line of a failed start or check on stderr; the exit status is 1."""
+    sys.stderr.write("llmhop: %s\n" % (line,))
+    return 1
 
 
 @attrs.frozen

@@ -11,8 +11,7 @@ import os
 import resource
 import shutil
 import socket
-import sys
-from typing import Mapping, NoReturn, Optional, Set
+from typing import Mapping, Optional, Set
 
 import attrs
 from twisted.application import service
@@ -32,7 +31,7 @@ from llmhop.endpoints import CachedEndpointFactory
 from llmhop.gateway import Gateway
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
 from llmhop.proxy import Upstream
-from llmhop.errors import ConfigError, StartupError
+from llmhop.errors import ConfigError, StartupError, tell
 from llmhop.listening import bind_failure, listen_problems, with_backlog
 from llmhop.routing import RoutingTable
 from llmhop.watch import ConfigWatcher
@@ -474,7 +473,7 @@ def makeService(options: Options) -> service.IService:
     # before binding is said on stderr, as for a config error.
     problems = listen_problems(config)
     if problems:
-        _exit_with(problems[0])
+        raise SystemExit(tell(problems[0]))
     # twistd owns the log (a file when daemonized): workers log through it.
     path = os.path.abspath(options["config"])
     try:
@@ -488,9 +487,4 @@ def makeService(options: Options) -> service.IService:
             watch_config=options["watch-config"],
         )
     except StartupError as e:
-        _exit_with(str(e))
-
-
-def _exit_with(why: str) -> NoReturn:
-    sys.stderr.write("llmhop: %s\n" % (why,))
-    raise SystemExit(1)
+        raise SystemExit(tell(str(e))) from None
