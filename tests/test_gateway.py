@@ -128,7 +128,6 @@ def test_client_authorization_is_forwarded_when_llmhop_does_not_check_tokens(rou
         (b'{"model": "m", "model": ["x"]}', "must be a string", "model_required"),
         (b"\xff\xfe{", "not valid JSON", "invalid_json"),
         (b"[" * 600 + b"]" * 600, "must be a JSON object", "model_required"),
-        (b'{"m": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not valid JSON", "invalid_json"),
         (b"{" + b" " * (300 * 1024) + b"oops", "not valid JSON", "invalid_json"),
         (b" " * (300 * 1024) + b"oops", "not valid JSON", "invalid_json"),
         (b" " * (300 * 1024) + b'["model"]', "must be a JSON object", "model_required"),
