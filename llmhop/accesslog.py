@@ -18,6 +18,25 @@ _access = Logger(namespace="llmhop.access")
 DEFAULT_SYSTEM = "llmhop.access#info"
 
 
+class Outcome:
+    """Why a request did not end normally: the access line's C{aborted=}, the event's C{outcome}.
+
+    Set once, by whichever stage saw the end: the channel for the client's
+    side, the proxy for the backend's.
+    """
+
+    NORMAL = ""
+    CLIENT_GONE = "client-gone"
+    CLIENT_TOO_SLOW = "client-too-slow"
+    UPSTREAM_STALLED = "upstream-stalled"
+    UPSTREAM_DIED = "upstream-died"
+
+    @staticmethod
+    def upstream_failed(kind: str) -> str:
+        """No answer from the backend: C{kind} as the failures metric counts it (refused, timeout, tls, …)."""
+        return "upstream-" + kind
+
+
 @attrs.define
 class AccessLog:
     """Call with the line and its fields; C{stream} None means twisted.logger.

@@ -24,6 +24,7 @@ from typing import Optional, Union
 from twisted.web import http, server
 
 from llmhop import errors, framing
+from llmhop.accesslog import Outcome
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
@@ -46,7 +47,7 @@ class GatewayRequest(server.Request):
     model: Optional[str] = None
     # The route's config key (a model name or a prefix pattern): the metrics' label.
     route: Optional[str] = None
-    outcome = ""
+    outcome = Outcome.NORMAL
     first_byte: Optional[float] = None
     _site = None
 
@@ -108,7 +109,7 @@ class GatewayRequest(server.Request):
             self.path = getattr(self.channel, "_path", b"-").partition(b"?")[0]
         super().connectionLost(reason)
         if not self.outcome:
-            self.outcome = "client-gone"
+            self.outcome = Outcome.CLIENT_GONE
         self._log_access()
 
     def _log_access(self) -> None:
@@ -211,7 +212,7 @@ class GatewayChannel(http.HTTPChannel):
             if remaining > 0:
                 self._arm(remaining)
                 return
-        request.outcome = "client-too-slow"
+        request.outcome = Outcome.CLIENT_TOO_SLOW
         self.reject(request, errors.request_timeout())
 
     def lineReceived(self, line: bytes) -> None:

@@ -25,6 +25,7 @@ from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from llmhop import errors
+from llmhop.accesslog import Outcome
 from llmhop.routing import Route
 
 _log = Logger()
@@ -264,7 +265,7 @@ class Exchange:
                 self._attempt()
                 return
         self._stop_timer()
-        self.request.outcome = "upstream-" + kind
+        self.request.outcome = Outcome.upstream_failed(kind)
         errors.respond(self.request, _failure_error(reason, self._timed_out, self.model))
         _log.info(
             "backend for model {model} failed: {why}",
@@ -306,7 +307,7 @@ class Exchange:
             return
         relay.stop()
         self.upstream.failed(self.route, "stalled")
-        self.request.outcome = "upstream-stalled"
+        self.request.outcome = Outcome.UPSTREAM_STALLED
         _log.info("backend for model {model} sent nothing for {t}s mid-response", model=self.model, t=self.read_timeout)
         self.request.unregisterProducer()
         self.request.channel.transport.abortConnection()
@@ -323,7 +324,7 @@ class Exchange:
         # The backend died mid-response.  Finishing would tell the client the
         # answer was complete; only an aborted connection says it was not.
         self.upstream.failed(self.route, "died")
-        request.outcome = "upstream-died"
+        request.outcome = Outcome.UPSTREAM_DIED
         _log.info("backend for model {model} died mid-response: {why}", model=self.model, why=_describe(reason))
         request.channel.transport.abortConnection()
 
