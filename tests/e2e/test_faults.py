@@ -107,6 +107,7 @@ def rss_kib(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+@pytest.mark.slow
 def test_a_thousand_failures_leak_no_descriptors_or_memory(faulty_router):
     port, pid = faulty_router.port(), faulty_router.pid
     kinds = ["refused", "tls", "close", "garbage", "die_mid", "hang", "hang_mid", "unroutable"]

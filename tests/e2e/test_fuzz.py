@@ -9,6 +9,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests import rawhttp
 
+# Minutes of mutated requests: the slow tier (pytest -m 'not slow' leaves it out).
+pytestmark = pytest.mark.slow
+
 VALID = [
     rawhttp.request(b"POST", b"/v1/chat/completions", json.dumps({"model": "m", "messages": []}).encode()),
     rawhttp.request(b"GET", b"/v1/models"),
