@@ -60,6 +60,15 @@ class GatewayRequest(server.Request):
         self._access_log = self.channel.site.access_log
         self._metrics = self.channel.site.metrics
 
+    @property
+    def gone(self) -> bool:
+        """Whether the client has left: Twisted's C{Request._disconnected}, read here alone.
+
+        twisted.web has no public flag for it (C{notifyFinish} fires once, for
+        a callback); tests/test_channel.py pins the attribute.
+        """
+        return self._disconnected
+
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None
 

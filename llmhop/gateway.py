@@ -113,7 +113,7 @@ class Gateway(resource.Resource):
         return server.NOT_DONE_YET
 
     def _route(self, request, model: str) -> None:
-        if request._disconnected:
+        if request.gone:
             return
         request.model = model
         route = self.routes.lookup(model)
@@ -139,7 +139,7 @@ class Gateway(resource.Resource):
         request.notifyFinish().addErrback(lambda _: renamed.cancel())
 
     def _renamed(self, request, route: Route, body: bytes) -> None:
-        if not request._disconnected:
+        if not request.gone:
             request.body = body
             self._admit(request, route)
 
@@ -168,12 +168,12 @@ class Gateway(resource.Resource):
 
     def _through(self, request, route: Route, limiter, finished: defer.Deferred) -> None:
         finished.addBoth(lambda _: limiter.release())
-        if request._disconnected:
+        if request.gone:
             return
         self.upstream.forward(request, route)
 
     def _unroutable(self, request, failure) -> None:
-        if failure.check(defer.CancelledError) or request._disconnected:
+        if failure.check(defer.CancelledError) or request.gone:
             return
         failure.trap(ModelError)
         self._fail(request, failure.value.api_error())
