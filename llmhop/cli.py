@@ -6,9 +6,9 @@ import sys
 from typing import List, Optional
 
 from llmhop import __version__
-from llmhop.config import Config, count, load_or_exit, schema_text, warnings, with_workers
+from llmhop.check import check
+from llmhop.config import load_or_exit, schema_text, with_workers
 from llmhop.errors import tell
-from llmhop.listening import listen_problems
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,18 +102,6 @@ def log_observer(stream, system: Optional[str], plain: bool):
         classic(event)
 
     return tagged
-
-
-def check(config: Config, path: str, on_this_host: bool = True) -> int:
-    """C{--check}: warnings, then what this host lacks to listen (not on build machines), then the verdict."""
-    for warning in warnings(config):
-        tell("warning: " + warning)
-    problems = listen_problems(config) if on_this_host else []
-    if problems:
-        # The first, as for config errors and as a start would say it.
-        return tell(problems[0])
-    print("llmhop: %s: config OK (%s)" % (path, count(len(config.models), "model")))
-    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -31,6 +31,7 @@ from llmhop.endpoints import CachedEndpointFactory
 from llmhop.gateway import Gateway
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
 from llmhop.proxy import Upstream
+from llmhop.check import check
 from llmhop.errors import ConfigError, StartupError, tell
 from llmhop.listening import bind_failure, listen_problems, with_backlog
 from llmhop.routing import RoutingTable
@@ -464,8 +465,6 @@ def makeService(options: Options) -> service.IService:
 
     if options["check"]:
         # As llmhop --check does, before twistd daemonizes or binds anything.
-        from llmhop.cli import check
-
         config = configlib.load_or_exit(options["config"], resolve=not options["no-secrets"])
         raise SystemExit(check(config, options["config"], on_this_host=not options["no-secrets"]))
     config = configlib.with_workers(configlib.load_or_exit(options["config"]), options["workers"])
