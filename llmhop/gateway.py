@@ -154,20 +154,15 @@ class Gateway(resource.Resource):
             self._fail(request, errors.too_many_requests(request.model))
             return
         if not turn.called and self.metrics is not None:
-            waiting = self.metrics.route_gauges(route.name)[1]
-            waiting.inc()
-            turn.addBoth(lambda result: waiting.dec() or result)
+            _counted_while_waiting(turn, self.metrics.route_gauges(route.name)[1])
         finished = request.notifyFinish()
         # A client that leaves the queue gives up its place; once through,
         # its end lets the next one in.
-        finished.addErrback(lambda _: turn.called or turn.cancel())
-        turn.addCallbacks(
-            lambda _: self._through(request, route, limiter, finished),
-            lambda f: f.trap(defer.CancelledError) and None,
-        )
+        finished.addErrback(_leave_the_queue, turn)
+        turn.addCallbacks(self._through, _left_while_waiting, callbackArgs=(request, route, limiter, finished))
 
-    def _through(self, request, route: Route, limiter, finished: defer.Deferred) -> None:
-        finished.addBoth(lambda _: limiter.release())
+    def _through(self, _, request, route: Route, limiter, finished: defer.Deferred) -> None:
+        finished.addBoth(_let_the_next_in, limiter)
         if request.gone:
             return
         self.upstream.forward(request, route)
@@ -181,6 +176,30 @@ class Gateway(resource.Resource):
     def _fail(self, request, error: errors.ApiError) -> object:
         errors.respond(request, error)
         return server.NOT_DONE_YET
+
+
+def _counted_while_waiting(turn: defer.Deferred, gauge) -> None:
+    gauge.inc()
+
+    def no_longer_waiting(result):
+        gauge.dec()
+        return result
+
+    turn.addBoth(no_longer_waiting)
+
+
+def _leave_the_queue(reason, turn: defer.Deferred) -> None:
+    """The client left: a place still waiting is given up (its turn is cancelled)."""
+    if not turn.called:
+        turn.cancel()
+
+
+def _left_while_waiting(failure) -> None:
+    failure.trap(defer.CancelledError)
+
+
+def _let_the_next_in(result, limiter) -> None:
+    limiter.release()
 
 
 def scan_in_slices(steps) -> defer.Deferred:
@@ -197,7 +216,11 @@ def scan_in_slices(steps) -> defer.Deferred:
         if not result.called and not failure.check(TaskStopped):
             result.errback(failure)
 
-    task.whenDone().addCallbacks(lambda _: result.called or result.callback(found[0]), failed)
+    def done(_):
+        if not result.called:
+            result.callback(found[0])
+
+    task.whenDone().addCallbacks(done, failed)
     return result
 
 
