@@ -13,6 +13,7 @@ closes the backend connection so the inference server stops generating.
 from typing import Optional
 
 import attrs
+from OpenSSL import SSL
 from twisted.internet import defer, error as neterror
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -412,7 +413,7 @@ def _failure_kind(reason: Failure, timed_out: bool) -> str:
     inner = _inner(reason)
     if timed_out or any(f.check(neterror.TimeoutError) for f in inner):
         return "timeout"
-    if any(f.type.__module__.startswith("OpenSSL") for f in inner):
+    if any(f.check(SSL.Error) for f in inner):
         return "tls"
     if reason.check(ResponseFailed):
         return "bad-response"
@@ -431,7 +432,7 @@ def _not_sent(reason: Failure) -> bool:
     if reason.check(neterror.ConnectError, neterror.DNSLookupError):
         return True
     inner = _inner(reason)
-    return inner is not None and all(f.type.__module__.startswith("OpenSSL") for f in inner)
+    return inner is not None and all(f.check(SSL.Error) for f in inner)
 
 
 def _failure_error(reason: Failure, timed_out: bool, model: str) -> errors.ApiError:
