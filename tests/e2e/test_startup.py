@@ -1,5 +1,6 @@
 """A start that fails, and what ``--check`` sees first: one ``llmhop: …`` line naming the address and the fix."""
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -11,6 +12,7 @@ import pytest
 
 from tests.certs import ScratchCA
 from tests.e2e.procs import Router, env, llmhop_command, twistd_command, write_config
+from tests.e2e.test_cli import get
 
 MODELS = {"m": {"url": "http://127.0.0.1:9"}}
 IS_ROOT = os.geteuid() == 0
@@ -37,11 +39,17 @@ def start(tmp_path, listen, *args):
     return llmhop("--config", str(path), *args)
 
 
-def test_port_in_use(tmp_path):
+@contextlib.contextmanager
+def port_taken():
+    """A port another process (this one) listens on, for as long as the block lasts."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_port_in_use(tmp_path):
+    with port_taken() as port:
         line = one_line(start(tmp_path, "127.0.0.1:%d" % (port,)))
     assert "listen tcp:%d:interface=127.0.0.1: cannot listen: address already in use;" % (port,) in line
     assert "choose another port" in line
@@ -107,10 +115,7 @@ def test_twistd_says_what_it_sees_before_binding_in_one_line(tmp_path):
 
 
 def test_twistd_logs_a_failure_to_bind_in_one_line(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
+    with port_taken() as port:
         path = write_config(tmp_path / "c.json", {"listen": "127.0.0.1:%d" % (port,), "models": MODELS})
         result = twistd(path, tmp_path)
     errors = [line for line in result.stdout.splitlines() if "#error]" in line]
@@ -160,13 +165,7 @@ def test_a_backend_url_ending_in_v1_is_warned_about(tmp_path, start_router, back
     router = start_router({"listen": "127.0.0.1:0", "models": models})
     router.wait_for_line(r"\[llmhop.service#warn\] models.m.url: .* ends in /v1")
     # Only a warning: some APIs do live under such a prefix.
-    assert get_status(router.port()) == 200
-
-
-def get_status(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        return int(sock.recv(100).split()[1])
+    assert get(router.port())[0] == 200
 
 
 def free_port():
