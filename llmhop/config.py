@@ -172,7 +172,7 @@ def warnings(config: Config) -> List[str]:
     found = []
     for name, model in config.models.items():
         for place, url in _url_places(name, model):
-            if url.rstrip("/").endswith("/v1"):
+            if url.endswith("/v1"):  # URLs are kept without a trailing slash
                 found.append(
                     "%s: %s ends in /v1, and clients' paths start with /v1 too, so the backend gets "
                     "/v1/v1/...: drop the /v1 (a base URL as an SDK takes it) unless the API really lives "
