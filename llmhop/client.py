@@ -1,8 +1,7 @@
 """The connections to backends: Twisted's HTTP/1.1 client, with three changes.
 
-They touch Twisted internals, here and nowhere else, because no public API
-offers them; C{_check_twisted} checks at import what they rely on, and
-C{tests/test_client.py} pins how they behave.
+The Twisted internals they need are reached through L{llmhop.internals}, which
+checks them at import; C{tests/test_client.py} pins how these changes behave.
 
 - The pool's connection factory (C{HTTPConnectionPool._factory}) is replaced:
   the stock one logs two lines for every new backend connection (as Synapse
@@ -25,12 +24,14 @@ import re
 from typing import Optional
 
 from twisted.internet.defer import Deferred
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, HTTPParser
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseFailed, _HTTP11ClientFactory
+from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IResponse
 
+from llmhop import internals
 from llmhop.framing import TOKEN
+from llmhop.internals import HTTP11ClientFactory, HTTP11ClientProtocol, HTTPClientParser
 
 # The end of a response head as Twisted's client finds it (LF line ends, CR optional).
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -42,28 +43,6 @@ _MAX_HEAD = 1024 * 1024
 
 class UnsafeResponseHead(ResponseFailed):
     """The backend's response head holds CR, LF or NUL outside line ends, or a malformed field name."""
-
-
-def _sets(function, attribute: str) -> bool:
-    """Whether C{function}'s code names C{attribute} (it sets the attribute we read)."""
-    return attribute in function.__code__.co_names
-
-
-def _check_twisted() -> None:
-    """Fail at import, loudly, on a Twisted that no longer has what this module relies on."""
-    factory_init = _HTTP11ClientFactory.__init__
-    relied_on = [
-        ("HTTPConnectionPool._factory", hasattr(HTTPConnectionPool, "_factory")),
-        ("HTTP11ClientProtocol._parser", _sets(HTTP11ClientProtocol.request, "_parser")),
-        ("HTTPParser.connHeaders", _sets(HTTPParser.connectionMade, "connHeaders")),
-        ("_HTTP11ClientFactory._quiescentCallback", _sets(factory_init, "_quiescentCallback")),
-    ]
-    missing = [name for name, present in relied_on if not present]
-    if missing:
-        raise ImportError("llmhop.client: this Twisted lacks %s" % (", ".join(missing),))
-
-
-_check_twisted()
 
 
 class BackendProtocol(HTTP11ClientProtocol):
@@ -80,7 +59,7 @@ class BackendProtocol(HTTP11ClientProtocol):
     def request(self, request) -> Deferred:
         self._head, self._head_safe = bytearray(), True
         answered = super().request(request)
-        parser = getattr(self, "_parser", None)
+        parser = internals.pending_parser(self)
         if parser is not None:  # None: the request was refused (RequestNotSent)
             answered.addCallback(self._checked_response, parser)
         return answered
@@ -106,22 +85,22 @@ class BackendProtocol(HTTP11ClientProtocol):
         if not (self._head_safe and names_ok):
             self.transport.abortConnection()
             raise UnsafeResponseHead([Failure(ValueError("unsafe response head"))])
-        named = parser.connHeaders.getRawHeaders(b"connection")
+        named = internals.connection_field(parser)
         if named:
             response.headers.setRawHeaders(b"connection", named)
         return response
 
 
-class BackendConnectionFactory(_HTTP11ClientFactory):
+class BackendConnectionFactory(HTTP11ClientFactory):
     noisy = False
 
-    def buildProtocol(self, addr) -> BackendProtocol:
-        return BackendProtocol(self._quiescentCallback)
+    def buildProtocol(self, addr: IAddress) -> BackendProtocol:
+        return BackendProtocol(internals.quiescent_callback(self))
 
 
-def build_pool(reactor, max_persistent: int, keep_alive: float) -> HTTPConnectionPool:
+def build_pool(reactor: IReactorTime, max_persistent: int, keep_alive: float) -> HTTPConnectionPool:
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = BackendConnectionFactory
+    internals.set_connection_factory(pool, BackendConnectionFactory)
     pool.maxPersistentPerHost = max_persistent
     pool.cachedConnectionTimeout = keep_alive
     return pool

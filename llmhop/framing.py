@@ -22,7 +22,7 @@ refuses anything a careful parser could read two ways:
   that does not fit (a bad size, a bare LF, a missing CRLF after the data),
   not after the body timeout.
 
-The channel (L{llmhop.channel}) answers every refusal and closes the
+The channel (L{llmhop.site}) answers every refusal and closes the
 connection: after a framing error nothing later on it can be trusted.
 """
 
@@ -69,6 +69,34 @@ class FramingError(Exception):
 
 def malformed(message: str) -> FramingError:
     return FramingError(errors.bad_request(message))
+
+
+@attrs.frozen
+class RequestLine:
+    """A request line's three parts, as the channel records them for itself."""
+
+    method: bytes
+    target: bytes
+    version: bytes
+
+    @property
+    def path(self) -> bytes:
+        return self.target.partition(b"?")[0]
+
+    @property
+    def answer_version(self) -> bytes:
+        """The version to answer in: the request's, unless that is not one llmhop speaks."""
+        return self.version if self.version in VERSIONS else b"HTTP/1.1"
+
+
+def split_request_line(line: bytes) -> RequestLine:
+    """C{line}'s parts split as Twisted splits them (on any white space), to log and answer with.
+
+    Twisted has already refused a line that does not split into three; whether
+    the line is acceptable is L{check_request_line}'s to say.
+    """
+    method, target, version = line.split()
+    return RequestLine(method, target, version)
 
 
 def check_request_line(line: bytes) -> None:

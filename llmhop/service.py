@@ -8,33 +8,34 @@ period and then cuts off whatever is left.
 """
 
 import os
-import resource
 import shutil
-import socket
-from typing import Mapping, Optional, Set
+from typing import Optional
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web import resource as webresource, server
+from twisted.web import resource as webresource
+from twisted.web import server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from llmhop import client, config as configlib
+from llmhop import client, process
+from llmhop import config as configlib
 from llmhop.accesslog import AccessLog
 from llmhop.auth import Authenticator
-from llmhop.channel import GatewayChannel, GatewayRequest
-from llmhop.endpoints import CachedEndpointFactory
-from llmhop.gateway import Gateway
-from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
-from llmhop.proxy import Upstream
 from llmhop.check import check
+from llmhop.endpoints import CachedEndpointFactory
 from llmhop.errors import ConfigError, StartupError, tell
+from llmhop.gateway import Gateway
 from llmhop.listening import bind_failure, listen_problems, with_backlog
+from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from llmhop.metrics import SHARED_DIR_ENVIRON, Metrics, make_shared_dir
+from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
+from llmhop.site import GatewaySite
 from llmhop.watch import ConfigWatcher
 from llmhop.workers import SignalHandlers, WorkerPool, adopt_listening
 from llmhop.writethrough import write_through
@@ -44,56 +45,6 @@ from llmhop.writethrough import write_through
 MAX_PERSISTENT_PER_BACKEND = 512
 
 _log = Logger()
-
-
-class GatewaySite(server.Site):
-    protocol = GatewayChannel
-    requestFactory = GatewayRequest
-    noisy = False
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        timeouts: configlib.Timeouts,
-        reactor,
-        access_log: Optional[AccessLog] = None,
-        metrics: Optional[Metrics] = None,
-    ) -> None:
-        super().__init__(gateway, timeout=timeouts.idle, reactor=reactor)
-        self.access_log = access_log or AccessLog()
-        # Outlives reloads: counters go on counting.
-        self.metrics = metrics
-        self.gateway = gateway
-        self.timeouts = timeouts
-        self.in_flight: Set[GatewayRequest] = set()
-        self._drained: Optional[defer.Deferred] = None
-
-    def log(self, request) -> None:
-        """The access log is GatewayRequest's: it also covers aborted requests."""
-
-    def request_started(self, request: GatewayRequest) -> None:
-        self.in_flight.add(request)
-
-    def request_ended(self, request: GatewayRequest) -> None:
-        self.in_flight.discard(request)
-        if not self.in_flight and self._drained is not None:
-            drained, self._drained = self._drained, None
-            drained.callback(None)
-
-    def replace(self, gateway: Gateway, config: configlib.Config) -> None:
-        """Serve new requests with C{gateway}; those under way keep the one they started with."""
-        self.gateway = self.resource = gateway
-        self.timeouts = config.timeouts
-        self.timeOut = config.timeouts.idle
-        self.pool.cachedConnectionTimeout = config.timeouts.keepAlive
-
-    def drained(self) -> defer.Deferred:
-        """Fires once no request is in flight."""
-        if not self.in_flight:
-            return defer.succeed(None)
-        if self._drained is None:
-            self._drained = defer.Deferred()
-        return self._drained
 
 
 def build_pool(config: configlib.Config, reactor) -> HTTPConnectionPool:
@@ -134,13 +85,14 @@ def build_gateway(
 
 
 def build_site(
-    config: configlib.Config, reactor, access_log: Optional[AccessLog] = None, metrics: Optional[Metrics] = None
+    config: configlib.Config,
+    reactor: IReactorTime,
+    pool: HTTPConnectionPool,
+    access_log: Optional[AccessLog] = None,
+    metrics: Optional[Metrics] = None,
 ) -> GatewaySite:
-    pool = build_pool(config, reactor)
     metrics = metrics or Metrics()
-    site = GatewaySite(build_gateway(config, reactor, pool, metrics), config.timeouts, reactor, access_log, metrics)
-    site.pool = pool
-    return site
+    return GatewaySite(build_gateway(config, reactor, pool, metrics), config.timeouts, reactor, access_log, metrics)
 
 
 class MetricsPage(webresource.Resource):
@@ -165,31 +117,6 @@ def build_metrics_site(metrics: Metrics, reactor) -> server.Site:
     site.noisy = False
     site.log = lambda request: None  # scrapes stay out of the access log
     return site
-
-
-def raise_open_file_limit() -> None:
-    """Take the hard limit on open files, as Go programs do: every open stream costs two."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as e:
-            _log.warn("cannot raise the open-file limit from {soft}: {error}", soft=soft, error=e)
-
-
-def sd_notify(state: bytes, environ: Mapping[str, str] = os.environ) -> None:
-    """Tell systemd (Type=notify) about C{state}, if it asked to be told."""
-    path = environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(path)
-            sock.sendall(state)
-    except OSError as e:
-        _log.warn("cannot notify systemd at NOTIFY_SOCKET: {error}", error=e)
 
 
 class GatewayService(service.Service):
@@ -230,7 +157,8 @@ class GatewayService(service.Service):
         self.worker = worker
         self.handle_signals = handle_signals
         self.shared_dir = _metrics_dir(config, worker)
-        self.site = build_site(config, reactor, access_log, Metrics(self.shared_dir))
+        self.pool = build_pool(config, reactor)
+        self.site = build_site(config, reactor, self.pool, access_log, Metrics(self.shared_dir))
         self.port = None
         self.metrics_port = None
         # Why the start failed: one line, naming the address and the fix.
@@ -253,7 +181,7 @@ class GatewayService(service.Service):
         service.Service.privilegedStartService(self)
         if self.worker is None:
             _warn_about(self.config)
-        raise_open_file_limit()
+        process.raise_open_file_limit()
         if self.worker is not None:
             self._listening = defer.maybeDeferred(adopt_listening, self.reactor, self.config, self.site)
         else:
@@ -292,7 +220,7 @@ class GatewayService(service.Service):
     def _ready(self, metrics_port, port) -> None:
         self.metrics_port = metrics_port
         if metrics_port is not None:
-            _log.info("metrics at http://{address}/metrics", address=_describe_address(metrics_port.getHost()))
+            _log.info("metrics at http://{address}/metrics", address=process.describe_address(metrics_port.getHost()))
         self.port = port
         write_through(port)
         if self.workers is not None:
@@ -304,9 +232,9 @@ class GatewayService(service.Service):
         self.reactor.callWhenRunning(self._announce, port)
 
     def _announce(self, port) -> None:
-        _log.info("llmhop listening on {address}", address=_describe_address(port.getHost()))
+        _log.info("llmhop listening on {address}", address=process.describe_address(port.getHost()))
         if self.worker is None:
-            sd_notify(b"READY=1")
+            process.sd_notify(b"READY=1")
 
     def _cannot_listen(self, failure) -> None:
         """Remember why; C{llmhop} prints it before its reactor runs, else it is logged once running."""
@@ -343,8 +271,9 @@ class GatewayService(service.Service):
         )
         if self.worker is None:
             _warn_about(self.config)
-        gateway = build_gateway(self.config, self.reactor, self.site.pool, self.site.metrics, self.site.gateway.routes)
+        gateway = build_gateway(self.config, self.reactor, self.pool, self.site.metrics, self.site.gateway.routes)
         self.site.replace(gateway, self.config)
+        self.pool.cachedConnectionTimeout = self.config.timeouts.keepAlive
         _log.info("config reloaded from {path}: {models}", path=self.config_path, models=configlib.count(len(config.models), "model"))
         if fixed:
             _log.warn(
@@ -359,7 +288,7 @@ class GatewayService(service.Service):
         if self.watcher is not None:
             self.watcher.stop()
         if self.worker is None:
-            sd_notify(b"STOPPING=1")
+            process.sd_notify(b"STOPPING=1")
         stopping = [self._stop_serving()]
         if self.workers is not None:
             stopping.append(self.workers.stop())
@@ -392,7 +321,7 @@ class GatewayService(service.Service):
                     request.channel.transport.abortConnection()
             else:
                 timer.cancel()
-        yield self.site.pool.closeCachedConnections()
+        yield self.pool.closeCachedConnections()
 
 
 def _warn_about(config: configlib.Config) -> None:
@@ -425,15 +354,6 @@ def _metrics_dir(config: configlib.Config, worker: Optional[int]) -> Optional[st
     if config.workers == 1:
         return None
     return make_shared_dir()
-
-
-def _describe_address(address) -> str:
-    if isinstance(address, IPv6Address):
-        return "[%s]:%d" % (address.host, address.port)
-    if isinstance(address, IPv4Address):
-        return "%s:%d" % (address.host, address.port)
-    name = getattr(address, "name", "?")
-    return "unix:%s" % (name.decode("utf-8", "replace") if isinstance(name, bytes) else name,)
 
 
 class Options(usage.Options):

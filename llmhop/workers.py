@@ -24,10 +24,11 @@ from typing import Callable, Dict, List, Optional
 
 import attrs
 from twisted.internet import defer, protocol
-from twisted.internet.error import ProcessDone
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessDone
 from twisted.logger import Logger, LogLevel
 
+from llmhop import internals
 from llmhop.config import Config
 
 # The fd a worker finds the shared listening socket on (as systemd does).
@@ -194,7 +195,7 @@ def adopt_listening(reactor, config: Config, factory, fd: int = INHERITED_FD):
 
         # Parsing loads the key and certificate; it binds nothing.
         endpoint = serverFromString(reactor, config.listen)
-        factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+        factory = TLSMemoryBIOFactory(internals.tls_context_factory(endpoint), False, factory)
     # Every process shares the socket's file status flags.  PyPy's socket
     # constructor (used by adoptStreamPort) makes the socket blocking unless
     # the default timeout is 0, and a blocking shared socket would leave the

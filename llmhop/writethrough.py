@@ -13,30 +13,17 @@ queued.
 import errno
 from typing import Iterable
 
-from twisted.internet import abstract, tcp, unix
-from twisted.logger import Logger
+from twisted.internet import tcp, unix
+
+from llmhop import internals
 
 _RETRY_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
-# The one use of Twisted internals here: how FileDescriptor queues writes
-# (twisted/internet/abstract.py: a list _tempDataBuffer, flushed into the
-# string dataBuffer sent from offset; _writeDisconnected after
-# loseWriteConnection).  Sending directly is only right while that queue is
-# empty, so without these attributes the transports are left as Twisted made
-# them: slower, never reordered.  tests/test_writethrough.py pins them.
-_QUEUE_ATTRIBUTES = ("dataBuffer", "offset", "_writeDisconnected", "_tempDataBuffer")
-
-
-def _queue_is_visible() -> bool:
-    probe = abstract.FileDescriptor(reactor=object())
-    return all(hasattr(probe, name) for name in _QUEUE_ATTRIBUTES)
-
-
-AVAILABLE = _queue_is_visible()
-if not AVAILABLE:
-    Logger().warn(
-        "this Twisted queues writes differently: responses are sent on the reactor's turn (write-through is off)"
-    )
+# Sending directly is only right while Twisted's own write queue is empty;
+# how it queues is internal (llmhop.internals.nothing_queued), so on a Twisted
+# that queues differently the transports are left as Twisted made them:
+# slower, never reordered.  tests/test_writethrough.py pins the ordering.
+AVAILABLE = internals.WRITE_QUEUE_VISIBLE
 
 
 class WriteThroughMixin:
@@ -63,7 +50,7 @@ class WriteThroughMixin:
             if data:
                 self._corked.append(data)
             return
-        if data and self.connected and self._nothing_queued() and not getattr(self, "TLS", False):
+        if data and self.connected and internals.nothing_queued(self) and not getattr(self, "TLS", False):
             try:
                 sent = self.socket.send(data)
             except OSError as e:
@@ -78,10 +65,6 @@ class WriteThroughMixin:
             if sent:
                 data = bytes(memoryview(data)[sent:])
         super().write(data)
-
-    def _nothing_queued(self) -> bool:
-        """Whether Twisted holds no byte to send (see L{_QUEUE_ATTRIBUTES})."""
-        return not self._writeDisconnected and not self._tempDataBuffer and self.offset == len(self.dataBuffer)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         if self._corked is not None:

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from llmhop import config as configlib
-from llmhop.service import build_site
+from llmhop.service import build_pool, build_site
 from llmhop.writethrough import write_through
 from tests import backend as backendlib
 
@@ -30,14 +30,14 @@ def backend():
 
 
 class Router:
-    def __init__(self, site, port):
-        self.site, self._port = site, port
+    def __init__(self, site, port, pool):
+        self.site, self._port, self.pool = site, port, pool
         self.port = port.getHost().port
         self.url = "http://127.0.0.1:%d" % (self.port,)
 
     def close(self):
         pytest_twisted.blockon(defer.maybeDeferred(self._port.stopListening))
-        pytest_twisted.blockon(self.site.pool.closeCachedConnections())
+        pytest_twisted.blockon(self.pool.closeCachedConnections())
 
 
 @pytest.fixture
@@ -46,10 +46,11 @@ def make_router():
 
     def make(settings, environ=None):
         config = configlib.parse(json.loads(json.dumps(settings)), environ or {})
-        site = build_site(config, reactor)
+        pool = build_pool(config, reactor)
+        site = build_site(config, reactor, pool)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         write_through(port)  # as GatewayService does
-        router = Router(site, port)
+        router = Router(site, port, pool)
         routers.append(router)
         return router
 

@@ -199,18 +199,3 @@ def test_keep_alive_connection_serves_several_requests(router):
             return [rawhttp.status(rawhttp.read_response(sock)) for _ in range(3) if sock.sendall(one) is None]
 
     assert (yield threads.deferToThread(talk)) == [200, 200, 200]
-
-
-def test_the_twisted_request_flag_behind_request_gone():
-    """GatewayRequest.gone reads twisted.web's private Request._disconnected: pinned here."""
-    from twisted.python.failure import Failure
-    from twisted.web import server
-    from twisted.web.test.requesthelper import DummyChannel
-
-    from llmhop.channel import GatewayRequest
-
-    request = server.Request(DummyChannel())
-    assert request._disconnected is False
-    request.connectionLost(Failure(ConnectionError("gone")))
-    assert request._disconnected is True
-    assert GatewayRequest.gone.fget(request) is True

@@ -9,7 +9,7 @@ from typing import List
 import pytest
 from twisted.internet.testing import StringTransport
 from twisted.web._newclient import Request
-from twisted.web.client import HTTPConnectionPool, ResponseFailed
+from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 
 from llmhop import client
@@ -61,13 +61,3 @@ def test_an_unsafe_head_fails_the_request_and_drops_the_connection(head, bytewis
     assert failure.check(ResponseFailed), failure
     assert isinstance(failure.value, client.UnsafeResponseHead) or b"Name" in head, failure.value.reasons
     assert transport.disconnecting
-
-
-def test_twisted_has_what_the_module_relies_on():
-    client._check_twisted()
-
-
-def test_a_twisted_without_it_fails_at_import(monkeypatch):
-    monkeypatch.delattr(HTTPConnectionPool, "_factory")
-    with pytest.raises(ImportError, match="HTTPConnectionPool._factory"):
-        client._check_twisted()

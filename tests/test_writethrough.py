@@ -11,14 +11,7 @@ import pytest
 from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor
 
-from llmhop import writethrough
 from llmhop.writethrough import WriteThroughMixin
-
-
-def test_the_twisted_internals_it_relies_on_are_there():
-    assert writethrough.AVAILABLE
-    probe = abstract.FileDescriptor(reactor=MemoryReactor())
-    assert (probe.dataBuffer, probe.offset, probe._writeDisconnected, probe._tempDataBuffer) == (b"", 0, False, [])
 
 
 class StingySocket:

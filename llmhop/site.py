@@ -1,4 +1,6 @@
-"""Receiving a request: headers screened first, then the body collected in memory.
+"""Receiving a request: the site, its channels and their requests (as Synapse keeps them together).
+
+Headers are screened first, then the body is collected in memory.
 
 twisted.web's stock channel is wrong for a gateway in four ways: its framing
 is lax enough for request smuggling (so the framing fields are kept from it,
@@ -15,16 +17,28 @@ An answered-early request leaves the connection mid-body, so the channel stops
 parsing, shuts down its write side and discards what still arrives for a
 moment: closing at once with unread input makes the kernel send a reset,
 which can destroy the 413/401 before the client reads it.
+
+The request line is recorded by the channel itself (L{framing.RequestLine}),
+not read back from Twisted's parser; the one private flag read here (whether
+the client left) is read through L{llmhop.internals}.
 """
 
-import re
 import time
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Set, Union
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 
-from llmhop import errors, framing
-from llmhop.accesslog import Outcome
+from llmhop import config as configlib
+from llmhop import errors, framing, internals
+from llmhop.accesslog import AccessLog, Outcome
+from llmhop.metrics import Metrics
+
+if TYPE_CHECKING:
+    from llmhop.gateway import Gateway
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
@@ -40,7 +54,7 @@ class GatewayRequest(server.Request):
     every other connection.
     """
 
-    body = b""
+    body: Union[bytes, bytearray] = b""
     # No Content-Type is invented for a relayed answer that has none (a
     # browser would render model output as HTML); llmhop's own answers set one.
     defaultContentType = None
@@ -49,25 +63,23 @@ class GatewayRequest(server.Request):
     route: Optional[str] = None
     outcome = Outcome.NORMAL
     first_byte: Optional[float] = None
-    _site = None
+    channel: "GatewayChannel"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, channel: "GatewayChannel", queued: object = None) -> None:
+        super().__init__(channel, queued)
         self.started = time.monotonic()
+        # The body so far; None once it is complete (then it is in C{body}).
         self._buffer: Optional[bytearray] = bytearray()
-        self._logged = False
         # Kept: the channel is gone by the time a lost request is logged.
-        self._access_log = self.channel.site.access_log
-        self._metrics = self.channel.site.metrics
+        self._site: GatewaySite = channel.site
+        # Counted by the site from requestReceived until logged.
+        self._in_flight = False
+        self._logged = False
 
     @property
     def gone(self) -> bool:
-        """Whether the client has left: Twisted's C{Request._disconnected}, read here alone.
-
-        twisted.web has no public flag for it (C{notifyFinish} fires once, for
-        a callback); tests/test_channel.py pins the attribute.
-        """
-        return self._disconnected
+        """Whether the client has left (see L{internals.client_gone})."""
+        return internals.client_gone(self)
 
     def gotLength(self, length: Optional[int]) -> None:
         self.content = None
@@ -86,8 +98,9 @@ class GatewayRequest(server.Request):
         self.method, self.uri, self.clientproto = command, path, version
         self.path, _, query = path.partition(b"?")
         self.args = http.parse_qs(query, 1) if query else {}
-        self.body, self._buffer = self._buffer, None
-        self._site = self.channel.site
+        # The bytearray itself: a copy of a 100 MiB body would stall the reactor.
+        self.body, self._buffer = self._buffer or b"", None
+        self._in_flight = True
         self._site.request_started(self)
         self.process()
 
@@ -111,11 +124,11 @@ class GatewayRequest(server.Request):
         super().finish()
         self._log_access()
 
-    def connectionLost(self, reason) -> None:
-        if self.path is None and self.channel is not None:
+    def connectionLost(self, reason: Failure) -> None:
+        line = self.channel.request_line if self.channel is not None else None
+        if self.path is None and line is not None:
             # Lost before the body was in: the request line is still the channel's.
-            self.method = getattr(self.channel, "_command", self.method)
-            self.path = getattr(self.channel, "_path", b"-").partition(b"?")[0]
+            self.method, self.path = line.method, line.path
         super().connectionLost(reason)
         if not self.outcome:
             self.outcome = Outcome.CLIENT_GONE
@@ -125,51 +138,23 @@ class GatewayRequest(server.Request):
         if self._logged:
             return
         self._logged = True
-        if self._site is not None:
+        if self._in_flight:
             self._site.request_ended(self)
-        method = _printable(self.method)
-        path = _printable(self.path if self.path is not None else b"-")
-        model = _printable(self.model.encode("utf-8", "replace")) if self.model is not None else "-"
-        status = self.code if self.startedWriting else "-"
+        status = self.code if self.startedWriting else None
         duration = time.monotonic() - self.started
-        # Formatted here, in one step: twisted.logger's formatter is pure
-        # Python per field.  The fields stay in the event for structured observers.
-        line = "%s %s model=%s status=%s bytes=%d duration=%.3fs%s" % (
-            method,
-            path,
-            model,
-            status,
-            self.sentLength,
-            duration,
-            " aborted=" + self.outcome if self.outcome else "",
+        self._site.access_log.request(
+            self.method, self.path, self.model, status, self.sentLength, duration, self.outcome
         )
-        self._access_log(
-            line,
-            method=method,
-            path=path,
-            model=model,
-            status=status,
-            bytes=self.sentLength,
-            duration=duration,
-            outcome=self.outcome,
-        )
-        if self._metrics is not None:
-            self._metrics.request_ended(
+        metrics = self._site.metrics
+        if metrics is not None:
+            metrics.request_ended(
                 self.route or "",
-                str(status),
+                "-" if status is None else str(status),
                 duration,
                 None if self.first_byte is None else self.first_byte - self.started,
                 self.received(),
                 self.sentLength,
             )
-
-
-_UNPRINTABLE = re.compile(rb"[^\x21-\x7e]|\\")
-
-
-def _printable(value: bytes) -> str:
-    """Log-safe text: a client must not be able to forge log lines."""
-    return _UNPRINTABLE.sub(lambda m: b"\\x%02x" % (m.group()[0],), value[:512]).decode("ascii")
 
 
 class GatewayChannel(http.HTTPChannel):
@@ -178,16 +163,32 @@ class GatewayChannel(http.HTTPChannel):
     The idle timeout alone would let a client keep a connection forever by
     sending a byte now and then; the deadline bounds the whole request head,
     and the body by a minimum average rate.
+
+    @ivar _state: where the request under way is, one of:
+        - C{IDLE}: no request line yet on this connection (the head deadline runs);
+        - C{HEAD}: its request line is in, its fields arrive (C{_fields}
+          collects the framing ones; the head deadline runs);
+        - C{BODY}: its head passed the screen, the body arrives (C{_body}
+          frames it when there is one; the body deadline runs from
+          C{_body_started});
+        - C{HANDLED}: all of it is in and with the resource (no deadline: the
+          idle timeout waits for the next request line, which goes to C{HEAD});
+        - C{REJECTED}: answered early; nothing more is parsed, the write side
+          is shut and the connection aborted after C{LINGER_SECONDS}
+          (C{_lingering}).  Final.
+    @ivar request_line: the request line under way, as llmhop recorded it.
     """
 
-    _rejected = False
+    IDLE, HEAD, BODY, HANDLED, REJECTED = "IDLE", "HEAD", "BODY", "HANDLED", "REJECTED"
+
+    site: "GatewaySite"
+    _state = IDLE
+    request_line: Optional[framing.RequestLine] = None
     _deadline = None
     _body_started = 0.0
-    _started_requests = 0
     _lingering = None
-    # The framing fields of the request head under way (None outside a head),
-    # then the reader of its body (None outside a body): llmhop frames bodies
-    # itself, never Twisted (see llmhop.framing).
+    # The framing fields of the head under way (HEAD), then the reader of its
+    # body (BODY): llmhop frames bodies itself, never Twisted (see llmhop.framing).
     _fields: Optional[framing.FramingFields] = None
     _body: Union[framing.ChunkedBody, framing.ContentLengthBody, None] = None
 
@@ -201,7 +202,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._deadline = self.callLater(seconds, self._deadline_passed)
+        self._deadline = self.site.reactor.callLater(seconds, self._deadline_passed)
 
     def _disarm(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -210,11 +211,11 @@ class GatewayChannel(http.HTTPChannel):
 
     def _deadline_passed(self) -> None:
         self._deadline = None
-        request = self.requests[-1] if self.requests else None
-        if request is None or not hasattr(self, "_command"):
+        if self._state == self.IDLE or not self.requests:
             self.transport.abortConnection()
             return
-        if self._body_started:
+        request = self.requests[-1]
+        if self._state == self.BODY:
             # The body may take longer if it keeps arriving at a fair rate.
             allowed = self.site.timeouts.requestBody + request.received() / BODY_BYTES_PER_SECOND
             remaining = self._body_started + allowed - self.site.reactor.seconds()
@@ -225,9 +226,9 @@ class GatewayChannel(http.HTTPChannel):
         self.reject(request, errors.request_timeout())
 
     def lineReceived(self, line: bytes) -> None:
-        if self._rejected:
+        if self._state == self.REJECTED:
             return
-        if self._fields is not None and line:
+        if self._state == self.HEAD and line:
             # A field line of the head under way; the empty line ends it.
             try:
                 framing.check_field_line(line)
@@ -236,10 +237,15 @@ class GatewayChannel(http.HTTPChannel):
                 return
         pending = len(self.requests)
         super().lineReceived(line)
-        if len(self.requests) > pending and not self._rejected and not self.transport.disconnecting:
+        # The stock parser starts a request on its request line (and has
+        # already answered 400 to one that is not three words).
+        if len(self.requests) > pending and self._state != self.REJECTED and not self.transport.disconnecting:
             self._request_line_received(line)
 
     def _request_line_received(self, line: bytes) -> None:
+        first = self._state == self.IDLE
+        self.request_line = framing.split_request_line(line)
+        self._state, self._fields = self.HEAD, framing.FramingFields()
         try:
             # Stricter than Twisted's parser, which splits on any white space
             # (22.4 takes "GET\t/x\rHTTP/1.1") and would answer "TTP/1.1".
@@ -247,18 +253,15 @@ class GatewayChannel(http.HTTPChannel):
         except framing.FramingError as e:
             self.reject(self.requests[-1], e.error)
             return
-        self._fields = framing.FramingFields()
-        self._started_requests += 1
-        if self._started_requests > 1:
+        if not first:
             # A further request on a kept-alive connection gets its own
             # deadline; the first one's started when the connection did.
-            self._body_started = 0.0
             self._arm(self.site.timeouts.requestHead)
 
     def headerReceived(self, line: bytes) -> bool:
         """Keep the framing fields to llmhop (L{llmhop.framing}); the rest goes to Twisted."""
         fields = self._fields
-        if self._rejected or fields is None:
+        if self._state != self.HEAD or fields is None:
             return False
         try:
             name, value = framing.split_field(line)
@@ -276,24 +279,25 @@ class GatewayChannel(http.HTTPChannel):
         return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
-        request = self.requests[-1]
-        fields, self._fields = self._fields, None
+        request, line, fields = self.requests[-1], self.request_line, self._fields
+        assert line is not None and fields is not None, "a head ends only in HEAD"
+        self._fields = None
         try:
-            fields.check_host(self._version)
-            length = fields.body_length(self._version)
+            fields.check_host(line.version)
+            length = fields.body_length(line.version)
         except framing.FramingError as e:
             self.reject(request, e.error)
             return
         declared = None if length == framing.CHUNKED else length
-        error = self.site.gateway.screen(self._path, request.requestHeaders, declared)
+        error = self.site.screen(line.target, request.requestHeaders, declared)
         if error is not None:
             self.reject(request, error)
             return
-        self._body_started = self.site.reactor.seconds()
+        self._state, self._body_started = self.BODY, self.site.reactor.seconds()
         self._arm(self.site.timeouts.requestBody)
         if length == framing.CHUNKED:
             self.length = None  # not 0: the stock code then reads a body
-            cap, deliver = self.site.gateway.max_body_bytes, request.handleContentChunk
+            cap, deliver = self.site.max_body_bytes, request.handleContentChunk
             self._body = framing.ChunkedBody(cap, deliver, self._body_done, self._body_failed)
         elif length:
             self.length = length
@@ -303,7 +307,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def _body_done(self, rest: bytes) -> None:
         self._body = None
-        if self._rejected:
+        if self._state == self.REJECTED:
             return
         self.allContentReceived()
         if rest:
@@ -313,42 +317,46 @@ class GatewayChannel(http.HTTPChannel):
 
     def _body_failed(self, error: framing.FramingError) -> None:
         self._body = None
-        if not self._rejected:
+        if self._state != self.REJECTED:
             self.reject(self.requests[-1], error.error)
 
     def reject(self, request: GatewayRequest, error: errors.ApiError) -> None:
         """Answer C{request} (whose body is not all in) now, and close the connection."""
+        line = self.request_line
+        assert line is not None, "only a request with a request line is answered"
         self._disarm()
         # The request line is the channel's until the body is complete.
-        request.method, request.uri = self._command, self._path
+        request.method, request.uri, request.path = line.method, line.target, line.path
         # Twisted answers in the request's version: never in "TTP/1.1" or "HTTP/2.0".
-        request.clientproto = self._version if self._version in framing.VERSIONS else b"HTTP/1.1"
-        request.path = self._path.partition(b"?")[0]
-        self._rejected = True
+        request.clientproto = line.answer_version
+        self._state = self.REJECTED
         self.persistent = False
         self.setRawMode()
         request.setHeader(b"Connection", b"close")
         errors.respond(request, error)
 
     def loseConnection(self) -> None:
-        if not self._rejected:
+        if self._state != self.REJECTED:
             return super().loseConnection()
-        self._networkProducer.unregisterProducer()
+        # What the stock loseConnection does first: the transport stops
+        # pausing this channel (HTTPChannel registered itself with it).
+        if IPushProducer.providedBy(self.transport):
+            self.transport.unregisterProducer()
         lose_write = getattr(self.transport, "loseWriteConnection", None)
         if lose_write is None:
             return self.transport.loseConnection()
         lose_write()
-        self._lingering = self.callLater(LINGER_SECONDS, self.transport.abortConnection)
+        self._lingering = self.site.reactor.callLater(LINGER_SECONDS, self.transport.abortConnection)
         return None
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         self._disarm()
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
         super().connectionLost(reason)
 
     def rawDataReceived(self, data: bytes) -> None:
-        if self._rejected:
+        if self._state == self.REJECTED:
             return  # once answered early, nothing the client still sends is parsed
         if self._body is not None:
             self._body.feed(data)
@@ -356,6 +364,73 @@ class GatewayChannel(http.HTTPChannel):
         super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
-        if not self._rejected:
+        if self._state != self.REJECTED:
+            self._state = self.HANDLED
             self._disarm()
             super().allContentReceived()
+
+
+class GatewaySite(server.Site):
+    """The listening side's factory: what every channel and request of one process shares.
+
+    @ivar gateway: the resource; a reload swaps it (L{replace}), and requests
+        under way keep the one they started with.
+    @ivar in_flight: the requests between their last body byte and their
+        access line: what a graceful stop waits for (L{drained}).
+    """
+
+    protocol = GatewayChannel
+    requestFactory = GatewayRequest
+    noisy = False
+
+    def __init__(
+        self,
+        gateway: "Gateway",
+        timeouts: configlib.Timeouts,
+        reactor: IReactorTime,
+        access_log: Optional[AccessLog] = None,
+        metrics: Optional[Metrics] = None,
+    ) -> None:
+        super().__init__(gateway, timeout=timeouts.idle, reactor=reactor)
+        self.reactor: IReactorTime = reactor
+        self.access_log = access_log or AccessLog()
+        # Outlives reloads: counters go on counting.
+        self.metrics = metrics
+        self.gateway = gateway
+        self.timeouts = timeouts
+        self.in_flight: Set[GatewayRequest] = set()
+        self._drained: Optional[defer.Deferred] = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.gateway.max_body_bytes
+
+    def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
+        """The answer to a request that must not get past its headers, or None (L{Gateway.screen})."""
+        return self.gateway.screen(target, headers, length)
+
+    def log(self, request: http.Request) -> None:
+        """The access log is GatewayRequest's: it also covers aborted requests."""
+
+    def request_started(self, request: GatewayRequest) -> None:
+        self.in_flight.add(request)
+
+    def request_ended(self, request: GatewayRequest) -> None:
+        self.in_flight.discard(request)
+        if not self.in_flight and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def replace(self, gateway: "Gateway", config: configlib.Config) -> None:
+        """Serve new requests with C{gateway}; those under way keep the one they started with."""
+        self.gateway = self.resource = gateway
+        self.timeouts = config.timeouts
+        self.timeOut = config.timeouts.idle
+
+    def drained(self) -> defer.Deferred:
+        """Fires once no request is in flight."""
+        if not self.in_flight:
+            return defer.succeed(None)
+        if self._drained is None:
+            self._drained = defer.Deferred()
+        return self._drained
