@@ -51,6 +51,14 @@ class ApiError:
         return json.dumps({"error": error}).encode("ascii")
 
 
+class Refusal(Exception):
+    """An answer of llmhop's own, raised along a Deferred chain to the step that sends it."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def bad_request(message: str, param: Optional[str] = None) -> ApiError:
     return ApiError(400, message, "invalid_request_error", "invalid_request", param)
 

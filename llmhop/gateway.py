@@ -6,13 +6,15 @@ channel calls with the headers alone, before any body byte is read.
 """
 
 import json
-from typing import Optional
+from typing import TYPE_CHECKING, Generator, Optional, TypeVar, Union
 from urllib.parse import unquote_to_bytes
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.task import TaskStopped, cooperate
-from twisted.web import resource, server
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web.http_headers import Headers
 
 from llmhop import errors
 from llmhop.auth import Authenticator
@@ -21,6 +23,11 @@ from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
 from llmhop.routing import Route, RoutingTable
 from llmhop.target import check_target
+
+if TYPE_CHECKING:
+    from llmhop.site import GatewayRequest
+
+T = TypeVar("T")
 
 HEALTH_PATHS = (b"/health", b"/healthz")
 METRICS_PATH = b"/metrics"
@@ -45,7 +52,7 @@ class Gateway(resource.Resource):
     def __attrs_post_init__(self) -> None:
         resource.Resource.__init__(self)
 
-    def screen(self, uri: bytes, headers, length: Optional[int]) -> Optional[errors.ApiError]:
+    def screen(self, uri: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
         """The answer to a request that must not get past its headers, or None."""
         invalid = check_target(uri)
         if invalid is not None:
@@ -58,15 +65,15 @@ class Gateway(resource.Resource):
             return errors.body_too_large(self.max_body_bytes)
         return None
 
-    def render(self, request) -> object:
+    def render(self, request: "GatewayRequest") -> object:
         path = request.path
         if path in HEALTH_PATHS or path == MODELS_PATH or path.startswith(_MODEL_PREFIX):
             return self._builtin(request, path)
         if path == METRICS_PATH and self.metrics is not None:
-            return self._metrics(request)
+            return self._metrics(request, self.metrics)
         return self._forward(request)
 
-    def _builtin(self, request, path: bytes) -> object:
+    def _builtin(self, request: http.Request, path: bytes) -> object:
         if request.method not in _READ_METHODS:
             return self._fail(request, errors.method_not_allowed(b"GET, HEAD"))
         if path in HEALTH_PATHS:
@@ -85,125 +92,105 @@ class Gateway(resource.Resource):
         request.setHeader(b"Content-Length", b"%d" % (len(body),))
         return body
 
-    def _metrics(self, request) -> object:
+    def _metrics(self, request: http.Request, metrics: Metrics) -> object:
         if request.method not in _READ_METHODS:
             return self._fail(request, errors.method_not_allowed(b"GET, HEAD"))
-        body = self.metrics.render()
+        body = metrics.render()
         request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
         request.setHeader(b"Content-Length", b"%d" % (len(body),))
         return body
 
-    def _forward(self, request) -> object:
+    def _forward(self, request: "GatewayRequest") -> object:
+        """One chain, for small and big bodies alike: model → route (→ renamed body) → admission → upstream."""
         encoding = request.getHeader(b"content-encoding")
         if encoding is not None and encoding.strip().lower() != b"identity":
             return self._fail(request, errors.unsupported_encoding())
-        body, content_type = request.body, request.getHeader(b"content-type")
-        if len(body) <= SMALL_BODY:
-            try:
-                model = extract_model(body, content_type)
-            except ModelError as e:
-                return self._fail(request, e.api_error())
-            self._route(request, model)
-            return server.NOT_DONE_YET
-        # A big body is scanned in slices so that other connections are
-        # served meanwhile; a client that leaves stops the scan.
-        found = scan_in_slices(model_steps(body, content_type))
-        found.addCallbacks(lambda model: self._route(request, model), lambda f: self._unroutable(request, f))
-        request.notifyFinish().addErrback(lambda _: found.cancel())
+        forwarding = model_of(request.body, request.getHeader(b"content-type"))
+        forwarding.addCallback(self._routed, request)
+        forwarding.addCallback(self._admitted, request)
+        forwarding.addCallback(self._send, request)
+        forwarding.addErrback(self._refused, request)
+        # A client that leaves stops whatever step is under way: a scan, a
+        # rename, a place in the queue.
+        request.notifyFinish().addErrback(_stop_forwarding, forwarding)
         return server.NOT_DONE_YET
 
-    def _route(self, request, model: str) -> None:
-        if request.gone:
-            return
+    def _routed(self, model: str, request: "GatewayRequest") -> Union[Route, defer.Deferred]:
+        """The route for C{model}; once the body names the backend's model, if the route renames it."""
         request.model = model
         route = self.routes.lookup(model)
         if route is None:
-            self._fail(request, errors.model_not_found(model))
-            return
+            raise errors.Refusal(errors.model_not_found(model))
         request.route = route.name
         forwarded = route.forwarded_model(model)
         if forwarded is None:
-            self._admit(request, route)
-            return
-        content_type = request.getHeader(b"content-type")
-        if len(request.body) <= SMALL_BODY:
-            try:
-                request.body = rename(request.body, content_type, forwarded)
-            except ModelError as e:
-                self._fail(request, e.api_error())
-                return
-            self._admit(request, route)
-            return
-        renamed = scan_in_slices(rename_steps(request.body, content_type, forwarded))
-        renamed.addCallbacks(lambda body: self._renamed(request, route, body), lambda f: self._unroutable(request, f))
-        request.notifyFinish().addErrback(lambda _: renamed.cancel())
+            return route
+        renaming = renamed(request.body, request.getHeader(b"content-type"), forwarded)
+        renaming.addCallback(_with_body, request, route)
+        return renaming
 
-    def _renamed(self, request, route: Route, body: bytes) -> None:
-        if not request.gone:
-            request.body = body
-            self._admit(request, route)
-
-    def _admit(self, request, route: Route) -> None:
-        """Forward now, or once the model's concurrency limit lets it through."""
+    def _admitted(self, route: Route, request: "GatewayRequest") -> Union[Route, defer.Deferred]:
+        """C{route} now, or once the model's concurrency limit lets the request through."""
         limiter = route.state.limiter
         if limiter is None:
-            self.upstream.forward(request, route)
-            return
-        turn = limiter.acquire()
+            return route
+        waiting = None if self.metrics is None else self.metrics.route_gauges(route.name)[1]
+        turn = limiter.admit(request.notifyFinish(), waiting)
         if turn is None:
-            self._fail(request, errors.too_many_requests(request.model))
-            return
-        if not turn.called and self.metrics is not None:
-            _counted_while_waiting(turn, self.metrics.route_gauges(route.name)[1])
-        finished = request.notifyFinish()
-        # A client that leaves the queue gives up its place; once through,
-        # its end lets the next one in.
-        finished.addErrback(_leave_the_queue, turn)
-        turn.addCallbacks(self._through, _left_while_waiting, callbackArgs=(request, route, limiter, finished))
+            raise errors.Refusal(errors.too_many_requests(request.model or route.name))
+        turn.addCallback(_through, route)
+        return turn
 
-    def _through(self, _, request, route: Route, limiter, finished: defer.Deferred) -> None:
-        finished.addBoth(_let_the_next_in, limiter)
-        if request.gone:
-            return
-        self.upstream.forward(request, route)
+    def _send(self, route: Route, request: "GatewayRequest") -> None:
+        if not request.gone:
+            self.upstream.forward(request, route)
 
-    def _unroutable(self, request, failure) -> None:
+    def _refused(self, failure: Failure, request: "GatewayRequest") -> None:
         if failure.check(defer.CancelledError) or request.gone:
             return
-        failure.trap(ModelError)
-        self._fail(request, failure.value.api_error())
+        if failure.check(ModelError):
+            self._fail(request, failure.value.api_error())
+            return
+        failure.trap(errors.Refusal)
+        self._fail(request, failure.value.error)
 
-    def _fail(self, request, error: errors.ApiError) -> object:
+    def _fail(self, request: http.Request, error: errors.ApiError) -> object:
         errors.respond(request, error)
         return server.NOT_DONE_YET
 
 
-def _counted_while_waiting(turn: defer.Deferred, gauge) -> None:
-    gauge.inc()
-
-    def no_longer_waiting(result):
-        gauge.dec()
-        return result
-
-    turn.addBoth(no_longer_waiting)
+def _stop_forwarding(reason: Failure, forwarding: defer.Deferred) -> None:
+    forwarding.cancel()
 
 
-def _leave_the_queue(reason, turn: defer.Deferred) -> None:
-    """The client left: a place still waiting is given up (its turn is cancelled)."""
-    if not turn.called:
-        turn.cancel()
+def _with_body(body: bytes, request: "GatewayRequest", route: Route) -> Route:
+    request.body = body
+    return route
 
 
-def _left_while_waiting(failure) -> None:
-    failure.trap(defer.CancelledError)
+def _through(_: object, route: Route) -> Route:
+    return route
 
 
-def _let_the_next_in(result, limiter) -> None:
-    limiter.release()
+def model_of(body: bytes, content_type: Optional[bytes]) -> defer.Deferred:
+    """Fires with the model C{body} names: at once for a small body, else scanned in slices."""
+    if len(body) <= SMALL_BODY:
+        return defer.execute(extract_model, body, content_type)
+    return scan_in_slices(model_steps(body, content_type))
 
 
-def scan_in_slices(steps) -> defer.Deferred:
-    """Run an extraction generator with task.cooperate; fire with the model."""
+def renamed(body: bytes, content_type: Optional[bytes], name: str) -> defer.Deferred:
+    """Fires with C{body} naming model C{name}: at once for a small body, else rewritten in slices."""
+    if len(body) <= SMALL_BODY:
+        return defer.execute(rename, body, content_type, name)
+    return scan_in_slices(rename_steps(body, content_type, name))
+
+
+def scan_in_slices(steps: Generator[None, None, T]) -> defer.Deferred:
+    """Run a scanning generator with task.cooperate, so other connections are served meanwhile; fire with its result.
+
+    Cancelling the Deferred stops the scan.
+    """
     found = []
 
     def drive():

@@ -13,7 +13,9 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attrs
+from prometheus_client import Gauge
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from llmhop.config import Config, ModelConfig
 
@@ -70,6 +72,42 @@ class Limiter:
 
     def release(self) -> None:
         self.semaphore.release()
+
+    def admit(self, finished: defer.Deferred, waiting: Optional[Gauge] = None) -> Optional[defer.Deferred]:
+        """A place for one request: a Deferred that fires when it may go; None when the queue is full.
+
+        C{finished} is the request's C{notifyFinish()}.  Once through, the
+        request's end lets the next one in; a client that leaves while
+        waiting gives up its place (the Deferred is cancelled).  C{waiting}
+        counts the requests in the queue.
+        """
+        turn = self.acquire()
+        if turn is None:
+            return None
+        if not turn.called and waiting is not None:
+            waiting.inc()
+            turn.addBoth(_no_longer_waiting, waiting)
+        finished.addErrback(_give_up_the_place, turn)
+        turn.addCallback(self._through, finished)
+        return turn
+
+    def _through(self, result: object, finished: defer.Deferred) -> object:
+        finished.addBoth(self._next_one_in)
+        return result
+
+    def _next_one_in(self, _: object) -> None:
+        self.release()
+
+
+def _no_longer_waiting(result: object, waiting: Gauge) -> object:
+    waiting.dec()
+    return result
+
+
+def _give_up_the_place(reason: Failure, turn: defer.Deferred) -> None:
+    """The client left: a place still waiting is given up (its turn is cancelled)."""
+    if not turn.called:
+        turn.cancel()
 
 
 @attrs.define(eq=False)
