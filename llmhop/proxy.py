@@ -10,24 +10,28 @@ of memory here.  A client that leaves cancels the backend request at once
 closes the backend connection so the inference server stops generating.
 """
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, FrozenSet, List, Optional
 
 import attrs
 from OpenSSL import SSL
 from twisted.internet import defer, error as neterror
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, UNKNOWN_LENGTH
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from llmhop import errors
 from llmhop.accesslog import Outcome
+from llmhop.metrics import Metrics
 from llmhop.routing import Route
+
+if TYPE_CHECKING:
+    from llmhop.site import GatewayRequest
 
 _log = Logger()
 
@@ -144,20 +148,18 @@ class BodyProducer:
 class Upstream:
     """What every forwarded request shares: the agent, the timeouts, the metrics."""
 
-    agent: object
-    reactor: object
+    agent: IAgent
+    reactor: IReactorTime
     response_timeout: float
     read_timeout: float
     strip_authorization: bool
     cooldown: float = 10.0
-    metrics: object = None
+    metrics: Optional[Metrics] = None
 
-    def forward(self, request, route: Route) -> None:
-        headers = upstream_headers(request, route, self.strip_authorization)
-        exchange = Exchange(request, route, self, headers)
-        exchange.start(self.reactor.callLater(self.response_timeout, exchange.timed_out))
+    def forward(self, request: "GatewayRequest", route: Route) -> None:
+        Exchange(request, route, self, upstream_headers(request, route, self.strip_authorization)).start()
 
-    def send(self, request, url: bytes, host: bytes, headers: Headers) -> defer.Deferred:
+    def send(self, request: "GatewayRequest", url: bytes, host: bytes, headers: Headers) -> defer.Deferred:
         headers.setRawHeaders(b"Host", [host])
         body = BodyProducer(request.body) if request.body or request.method not in (b"GET", b"HEAD") else None
         return defer.maybeDeferred(self.agent.request, request.method, url + request.uri, headers, body)
@@ -171,122 +173,167 @@ class Upstream:
             self.metrics.route_gauges(route.name)[0].inc(change)
 
 
-@implementer(IPushProducer)
 @attrs.define(eq=False)
-class Exchange:
-    """One request forwarded: tries replicas until one answers, then relays the body."""
+class Attempts:
+    """The route's replicas tried in turn until one answers: L{send} is the whole loop, as one Deferred.
 
-    request: object
+    A replica that could not be reached (nothing of the request was sent)
+    is avoided for C{upstream.cooldown} seconds and the next one is tried;
+    any other failure is the answer.  Cancelling the Deferred cancels the
+    attempt under way.
+
+    @ivar _state: C{TRYING} while an attempt is under way (C{_pending}),
+        C{DONE} once a replica answered, the last one failed or the loop was
+        cancelled.
+    @ivar replica: the index of the replica tried last; the caller gives its
+        in-flight count back (L{Exchange._leave_replica}).
+    """
+
+    TRYING, DONE = "TRYING", "DONE"
+
+    request: "GatewayRequest"
     route: Route
     upstream: Upstream
     headers: Headers
+    replica: Optional[int] = None
+    _state: str = TRYING
+    _tried: FrozenSet[int] = frozenset()
     _pending: Optional[defer.Deferred] = None
-    _timer: object = None
-    _body: Optional["_Relay"] = None
-    _timed_out: bool = False
-    _client_gone: bool = False
-    _tried: frozenset = frozenset()
-    _replica: Optional[int] = None
+    _result: Optional[defer.Deferred] = None
 
-    @property
-    def model(self) -> str:
-        return self.request.model or self.route.name
-
-    @property
-    def reactor(self):
-        return self.upstream.reactor
-
-    @property
-    def read_timeout(self) -> float:
-        return self.upstream.read_timeout
-
-    def start(self, timer) -> None:
-        self._timer = timer
-        self.upstream.in_flight(self.route, 1)
-        finished = self.request.notifyFinish()
-        finished.addErrback(self._client_left)
-        finished.addBoth(self._ended)
+    def send(self) -> defer.Deferred:
+        """Fires with the first answer (an L{IResponse}), or fails with the last attempt's failure."""
+        self._result = defer.Deferred(self._cancel)
         self._attempt()
+        return self._result
 
     def _attempt(self) -> None:
-        index = self.route.pick(self.reactor.seconds(), self._tried)
+        index = self.route.pick(self.upstream.reactor.seconds(), self._tried)
         self._tried |= {index}
-        self._replica = index
+        self.replica = index
         self.route.health[index].in_flight += 1
         replica = self.route.replicas[index]
         self._pending = self.upstream.send(self.request, replica.base_url, replica.host, self.headers)
-        self._pending.addCallbacks(self._got_response, self._failed)
+        self._pending.addCallbacks(self._answered, self._failed)
 
-    def _leave_replica(self) -> None:
-        if self._replica is not None:
-            self.route.health[self._replica].in_flight -= 1
-            self._replica = None
-
-    def _ended(self, _) -> None:
-        self.upstream.in_flight(self.route, -1)
-        self._leave_replica()
-
-    def timed_out(self) -> None:
-        self._timed_out = True
-        if self._pending is not None:
-            self._pending.cancel()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._pending = self._timer = None
-
-    def _client_left(self, reason: Failure) -> None:
-        self._client_gone = True
-        if self._pending is not None:
-            self._pending.cancel()
-        elif self._body is not None:
-            self._body.stop()
+    def _answered(self, response: IResponse) -> None:
+        self._state, self._pending = self.DONE, None
+        if self.replica is not None:
+            self.route.health[self.replica].failed_until = 0.0
+        assert self._result is not None
+        self._result.callback(response)
 
     def _failed(self, reason: Failure) -> None:
         self._pending = None
-        if self._client_gone:
-            self._stop_timer()
-            return
-        kind = _failure_kind(reason, self._timed_out)
-        self.upstream.failed(self.route, kind)
-        if not self._timed_out and _not_sent(reason) and self._replica is not None:
+        if self._state == self.DONE:
+            return  # cancelled: the result has its CancelledError already
+        if _not_sent(reason) and self.replica is not None:
             # Passive health: avoid this replica for a while.  Nothing of the
             # request reached it, so the next one may have it.
-            replica = self.route.replicas[self._replica]
-            self.route.health[self._replica].failed_until = self.reactor.seconds() + self.upstream.cooldown
+            url = self.route.replicas[self.replica].url
+            self.route.health[self.replica].failed_until = self.upstream.reactor.seconds() + self.upstream.cooldown
             self._leave_replica()
             if len(self._tried) < len(self.route.replicas):
+                self.upstream.failed(self.route, _failure_kind(reason))
                 _log.info(
                     "replica {url} of model {model} failed, trying another: {why}",
-                    url=replica.url,
+                    url=url,
                     model=self.route.name,
                     why=_describe(reason),
                 )
                 self._attempt()
                 return
-        self._stop_timer()
-        self.request.outcome = Outcome.upstream_failed(kind)
-        errors.respond(self.request, _failure_error(reason, self._timed_out, self.model))
-        _log.info(
-            "backend for model {model} failed: {why}",
-            model=self.model,
-            why=_describe(reason),
-        )
+        self._state = self.DONE
+        assert self._result is not None
+        self._result.errback(reason)
 
-    def _got_response(self, response) -> None:
-        self._stop_timer()
-        if self._replica is not None:
-            self.route.health[self._replica].failed_until = 0.0
+    def _cancel(self, result: defer.Deferred) -> None:
+        self._state = self.DONE
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+
+    def _leave_replica(self) -> None:
+        if self.replica is not None:
+            self.route.health[self.replica].in_flight -= 1
+            self.replica = None
+
+
+@attrs.define(eq=False)
+class Exchange:
+    """One request forwarded: L{Attempts} until a replica answers, then its answer relayed.
+
+    @ivar _state: one of
+        - C{SENDING}: the replicas are tried (C{_attempts}; C{_sending} under
+          the response timeout);
+        - C{RELAYING}: the answer's status and headers are the client's, its
+          body is relayed by C{_relay}, which the client's connection pauses;
+        - C{DONE}: answered (relayed to the end, or an error of llmhop's own),
+          failed mid-body, or abandoned because the client left.  Final.
+    """
+
+    SENDING, RELAYING, DONE = "SENDING", "RELAYING", "DONE"
+
+    request: "GatewayRequest"
+    route: Route
+    upstream: Upstream
+    headers: Headers
+    _state: str = SENDING
+    _attempts: Optional[Attempts] = None
+    _sending: Optional[defer.Deferred] = None
+    _relay: Optional["_Relay"] = None
+
+    @property
+    def model(self) -> str:
+        return self.request.model or self.route.name
+
+    def start(self) -> None:
+        self.upstream.in_flight(self.route, 1)
+        finished = self.request.notifyFinish()
+        finished.addErrback(self._client_left)
+        finished.addBoth(self._ended)
+        self._attempts = Attempts(self.request, self.route, self.upstream, self.headers)
+        self._sending = self._attempts.send()
+        self._sending.addTimeout(self.upstream.response_timeout, self.upstream.reactor)
+        self._sending.addCallbacks(self._answered, self._failed)
+
+    def _ended(self, _: object) -> None:
+        self.upstream.in_flight(self.route, -1)
+        self._leave_replica()
+
+    def _leave_replica(self) -> None:
+        if self._attempts is not None:
+            self._attempts._leave_replica()
+
+    def _client_left(self, reason: Failure) -> None:
+        state, self._state = self._state, self.DONE
+        if state == self.SENDING and self._sending is not None:
+            self._sending.cancel()
+        elif state == self.RELAYING and self._relay is not None:
+            self._relay.stopProducing()
+
+    def _failed(self, reason: Failure) -> None:
+        self._sending = None
+        if self._state != self.SENDING:
+            return  # the client left
+        self._state = self.DONE
+        kind = _failure_kind(reason)
+        self.upstream.failed(self.route, kind)
+        self.request.outcome = Outcome.upstream_failed(kind)
+        errors.respond(self.request, _failure_error(kind, self.model))
+        _log.info("backend for model {model} failed: {why}", model=self.model, why=_describe(reason))
+
+    def _answered(self, response: IResponse) -> None:
+        self._sending = None
         relay = _Relay(self)
-        if self._client_gone:
-            relay.discard = True
+        if self._state != self.SENDING:
+            relay.discard = True  # the client left as the answer came
         else:
+            self._state, self._relay = self.RELAYING, relay
             self._send_head(response)
-            self._body = relay
         response.deliverBody(relay)
 
-    def _send_head(self, response) -> None:
+    def _send_head(self, response: IResponse) -> None:
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         named = _connection_tokens(response.headers)
@@ -303,21 +350,25 @@ class Exchange:
 
     def stalled(self) -> None:
         """The backend went silent mid-response: give up on both sides."""
-        relay, self._body = self._body, None
-        if relay is None or self._client_gone:
+        if self._state != self.RELAYING:
             return
-        relay.stop()
+        self._state, self._relay = self.DONE, None
         self.upstream.failed(self.route, "stalled")
         self.request.outcome = Outcome.UPSTREAM_STALLED
-        _log.info("backend for model {model} sent nothing for {t}s mid-response", model=self.model, t=self.read_timeout)
+        _log.info(
+            "backend for model {model} sent nothing for {t}s mid-response",
+            model=self.model,
+            t=self.upstream.read_timeout,
+        )
         self.request.unregisterProducer()
         self.request.channel.transport.abortConnection()
 
     def body_finished(self, reason: Failure) -> None:
-        request = self.request
-        self._body = None
-        if self._client_gone:
+        """The relayed body ended: complete, or cut off by the backend."""
+        if self._state != self.RELAYING:
             return
+        self._state, self._relay = self.DONE, None
+        request = self.request
         request.unregisterProducer()
         if reason.check(ResponseDone, http.PotentialDataLoss):
             request.finish()
@@ -329,70 +380,71 @@ class Exchange:
         _log.info("backend for model {model} died mid-response: {why}", model=self.model, why=_describe(reason))
         request.channel.transport.abortConnection()
 
-    # IPushProducer on behalf of the backend response, registered with the
-    # client's request: the client connection pauses and resumes the backend.
-    def pauseProducing(self) -> None:
-        if self._body is not None:
-            self._body.pause()
 
-    def resumeProducing(self) -> None:
-        if self._body is not None:
-            self._body.resume()
-
-    def stopProducing(self) -> None:
-        if self._body is not None:
-            self._body.stop()
-
-
+@implementer(IPushProducer)
 class _Relay(Protocol):
     """Receives the backend's response body and writes it to the client.
 
-    A watchdog notices a backend that goes silent mid-response; it is off
-    while the client's backpressure holds the backend paused, since silence
-    is then our doing.
+    It is the push producer the client's request holds: when the client's
+    connection cannot take more, it pauses the backend response's transport,
+    so a slow reader holds a bounded amount of memory here.  A watchdog
+    notices a backend that goes silent mid-response; it is off while paused,
+    since silence is then our doing.
+
+    @ivar discard: nothing more is written to the client (it left, or the
+        exchange gave up); what the backend still sends is dropped.
+    @ivar _watchdog: the pending check for silence; None while paused or done.
+    @ivar _last: when the backend last sent something (or was resumed).
     """
 
     discard = False
-    _watchdog = None
+    transport: Any
+    _watchdog: Optional[IDelayedCall] = None
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
+        self.reactor = exchange.upstream.reactor
+        self.read_timeout = exchange.upstream.read_timeout
         self._last = 0.0
 
     def connectionMade(self) -> None:
         if self.discard:
             self.transport.stopProducing()
             return
-        self.exchange.request.registerProducer(self.exchange, True)
+        self.exchange.request.registerProducer(self, True)
         self._watch()
 
     def dataReceived(self, data: bytes) -> None:
         if not self.discard:
-            self._last = self.exchange.reactor.seconds()
+            self._last = self.reactor.seconds()
             self.exchange.request.write(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._unwatch()
         if not self.discard:
             self.exchange.body_finished(reason)
 
-    def pause(self) -> None:
-        self._unwatch()
-        self.transport.pauseProducing()
+    # IPushProducer, for the client's connection.
+    def pauseProducing(self) -> None:
+        if not self.discard:
+            self._unwatch()
+            self.transport.pauseProducing()
 
-    def resume(self) -> None:
-        self.transport.resumeProducing()
-        self._watch()
+    def resumeProducing(self) -> None:
+        if not self.discard:
+            self.transport.resumeProducing()
+            self._watch()
 
-    def stop(self) -> None:
-        self._unwatch()
-        self.discard = True
-        self.transport.stopProducing()
+    def stopProducing(self) -> None:
+        if not self.discard:
+            self._unwatch()
+            self.discard = True
+            self.transport.stopProducing()
 
     def _watch(self) -> None:
-        self._last = self.exchange.reactor.seconds()
+        self._last = self.reactor.seconds()
         if self._watchdog is None:
-            self._watchdog = self.exchange.reactor.callLater(self.exchange.read_timeout, self._check)
+            self._watchdog = self.reactor.callLater(self.read_timeout, self._check)
 
     def _unwatch(self) -> None:
         if self._watchdog is not None and self._watchdog.active():
@@ -401,17 +453,18 @@ class _Relay(Protocol):
 
     def _check(self) -> None:
         self._watchdog = None
-        silent = self.exchange.reactor.seconds() - self._last
-        if silent >= self.exchange.read_timeout:
-            self.exchange.stalled()
-        else:
-            self._watchdog = self.exchange.reactor.callLater(self.exchange.read_timeout - silent, self._check)
+        silent = self.reactor.seconds() - self._last
+        if silent < self.read_timeout:
+            self._watchdog = self.reactor.callLater(self.read_timeout - silent, self._check)
+            return
+        self.stopProducing()
+        self.exchange.stalled()
 
 
-def _failure_kind(reason: Failure, timed_out: bool) -> str:
+def _failure_kind(reason: Failure) -> str:
     """Why the backend gave no response head: timeout, tls, refused or bad-response."""
     inner = _inner(reason)
-    if timed_out or any(f.check(neterror.TimeoutError) for f in inner):
+    if reason.check(defer.TimeoutError) or any(f.check(neterror.TimeoutError) for f in inner):
         return "timeout"
     if any(f.check(SSL.Error) for f in inner):
         return "tls"
@@ -435,8 +488,7 @@ def _not_sent(reason: Failure) -> bool:
     return inner is not None and all(f.check(SSL.Error) for f in inner)
 
 
-def _failure_error(reason: Failure, timed_out: bool, model: str) -> errors.ApiError:
-    kind = _failure_kind(reason, timed_out)
+def _failure_error(kind: str, model: str) -> errors.ApiError:
     if kind == "timeout":
         return errors.upstream_timeout(model)
     if kind == "bad-response":
@@ -444,7 +496,7 @@ def _failure_error(reason: Failure, timed_out: bool, model: str) -> errors.ApiEr
     return errors.upstream_unreachable(model)
 
 
-def _inner(reason: Failure):
+def _inner(reason: Failure) -> List[Failure]:
     """The failures a ResponseNeverReceived/RequestTransmissionFailed wraps."""
     return getattr(reason.value, "reasons", None) or [reason]
 
