@@ -64,22 +64,18 @@ def ask(port, model, timeout=10):
     ],
 )
 def test_backend_failing_before_headers(faulty_router, model, status, code):
-    started = time.monotonic()
     response = ask(faulty_router.port(), model)
     assert rawhttp.status(response) == status
     error = json.loads(rawhttp.split(response)[1])["error"]
     assert error["code"] == code
-    assert time.monotonic() - started < 2.5
     still_serves(faulty_router.port())
 
 
 @pytest.mark.parametrize("model", ["hang_mid", "die_mid"])
 def test_backend_failing_mid_stream_aborts_the_client(faulty_router, model):
-    started = time.monotonic()
     response = ask(faulty_router.port(), model)
     assert response.startswith(b"HTTP/1.1 200") and b"data: {}" in response
     assert not response.endswith(b"0\r\n\r\n")
-    assert time.monotonic() - started < 2.5
     still_serves(faulty_router.port())
 
 
