@@ -8,7 +8,7 @@ cannot be used to guess a token byte by byte.
 
 import hashlib
 import hmac
-from typing import Iterable, List, Optional
+from typing import Sequence, Iterable, List, Optional
 
 import attrs
 
@@ -29,7 +29,7 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self.digests)
 
-    def allows(self, authorization: Optional[List[bytes]]) -> bool:
+    def allows(self, authorization: Optional[Sequence[bytes]]) -> bool:
         """Whether the request's C{Authorization} header values grant access."""
         if not self.digests:
             return True

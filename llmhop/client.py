@@ -24,7 +24,7 @@ import re
 from typing import Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IResponse
@@ -53,6 +53,8 @@ class BackendProtocol(HTTP11ClientProtocol):
     @ivar _head_safe: whether the last complete head passed the check.
     """
 
+    # TCP, UNIX or TLS: each can be aborted (ITCPTransport names the method).
+    transport: ITCPTransport
     _head: Optional[bytearray] = None
     _head_safe = True
 
@@ -66,11 +68,10 @@ class BackendProtocol(HTTP11ClientProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._head is not None:
-            self._scan_head(data)
+            self._scan_head(self._head, data)
         super().dataReceived(data)
 
-    def _scan_head(self, data: bytes) -> None:
-        head = self._head
+    def _scan_head(self, head: bytearray, data: bytes) -> None:
         start = max(0, len(head) - 2)
         head += data
         end = _HEAD_END.search(head, start)
@@ -94,7 +95,7 @@ class BackendProtocol(HTTP11ClientProtocol):
 class BackendConnectionFactory(HTTP11ClientFactory):
     noisy = False
 
-    def buildProtocol(self, addr: IAddress) -> BackendProtocol:
+    def buildProtocol(self, addr: Optional[IAddress]) -> BackendProtocol:
         return BackendProtocol(internals.quiescent_callback(self))
 
 
@@ -102,5 +103,5 @@ def build_pool(reactor: IReactorTime, max_persistent: int, keep_alive: float) ->
     pool = HTTPConnectionPool(reactor, persistent=True)
     internals.set_connection_factory(pool, BackendConnectionFactory)
     pool.maxPersistentPerHost = max_persistent
-    pool.cachedConnectionTimeout = keep_alive
+    pool.cachedConnectionTimeout = keep_alive  # type: ignore[assignment]  # typed int; seconds work
     return pool

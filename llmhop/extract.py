@@ -10,7 +10,7 @@ form parsers that vLLM and the OpenAI-compatible servers use.
 import json
 import re
 from email.message import Message
-from typing import Generator, Optional, Tuple
+from typing import Generator, Optional, Tuple, Union
 
 from llmhop.errors import ApiError, unroutable_body
 
@@ -35,6 +35,8 @@ _SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
 _OPENERS, _CLOSERS = (b"[", b"{"), (b"]", b"}")
 
 Steps = Generator[None, None, str]
+# A request body: the bytearray it was collected in, or bytes.
+Body = Union[bytes, bytearray]
 
 
 class ModelError(ValueError):
@@ -55,7 +57,7 @@ class InvalidJSON(ModelError):
     param = None
 
 
-def extract_model(body: bytes, content_type: Optional[bytes]) -> str:
+def extract_model(body: Body, content_type: Optional[bytes]) -> str:
     """The model of C{body}, computed in one go."""
     return _run(model_steps(body, content_type))
 
@@ -69,7 +71,7 @@ def _run(steps):
             return done.value
 
 
-def model_steps(body: bytes, content_type: Optional[bytes]) -> Steps:
+def model_steps(body: Body, content_type: Optional[bytes]) -> Steps:
     """The model of C{body}, as a generator that yields between bounded steps.
 
     Run it with C{twisted.internet.task.cooperate} for large bodies so that
@@ -82,7 +84,7 @@ def model_steps(body: bytes, content_type: Optional[bytes]) -> Steps:
     return (yield from _from_large_json(body))
 
 
-def rename_steps(body: bytes, content_type: Optional[bytes], name: str) -> Generator[None, None, bytes]:
+def rename_steps(body: Body, content_type: Optional[bytes], name: str) -> Generator[None, None, bytes]:
     """C{body} with its model replaced by C{name}; nothing else changes.
 
     The bytes of the one value are spliced (a 100 MiB body is copied once,
@@ -101,7 +103,7 @@ def rename_steps(body: bytes, content_type: Optional[bytes], name: str) -> Gener
     return b"".join((body[:start], value, body[end:]))
 
 
-def rename(body: bytes, content_type: Optional[bytes], name: str) -> bytes:
+def rename(body: Body, content_type: Optional[bytes], name: str) -> bytes:
     """C{rename_steps} in one go."""
     return _run(rename_steps(body, content_type, name))
 
@@ -110,7 +112,7 @@ def _media_type(content_type: bytes) -> bytes:
     return content_type.split(b";", 1)[0].strip().lower()
 
 
-def _from_small_json(body: bytes) -> str:
+def _from_small_json(body: Body) -> str:
     if not body.strip():
         raise ModelError("The request needs a JSON body with a 'model' field.")
     try:
@@ -135,7 +137,7 @@ def _model_value(value, present: bool) -> str:
     return value
 
 
-def _from_large_json(body: bytes) -> Steps:
+def _from_large_json(body: Body) -> Steps:
     """Walk the top-level object only, skipping nested values at C speed.
 
     For a valid document the result is what json.loads gives: the last
@@ -151,7 +153,7 @@ def _from_large_json(body: bytes) -> Steps:
 
 
 class _Scan:
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: Body) -> None:
         self.body = body
         self.end = len(body)
         self.steps = 0
@@ -166,13 +168,13 @@ class _Scan:
     def invalid(self) -> ModelError:
         return InvalidJSON("The request body is not valid JSON.")
 
-    def char(self, pos: int) -> bytes:
+    def char(self, pos: int) -> Body:
         return self.body[pos : pos + 1]
 
     def whitespace(self, pos: int) -> Generator[None, None, int]:
         while True:
             limit = pos + _SLICE
-            pos = _WS.match(self.body, pos, limit).end()
+            pos = _WS.match(self.body, pos, limit).end()  # type: ignore[union-attr]  # \s* always matches
             if pos < limit or pos >= self.end:
                 return pos
             yield
@@ -302,7 +304,7 @@ class _Scan:
                 yield
 
 
-def _closer_end(body: bytes, lo: int, hi: int, nth_from_last: int) -> int:
+def _closer_end(body: Body, lo: int, hi: int, nth_from_last: int) -> int:
     """The index after the C{nth_from_last} closing bracket in body[lo:hi]."""
     for _ in range(nth_from_last):
         hi = max(body.rfind(b"]", lo, hi), body.rfind(b"}", lo, hi))
@@ -311,7 +313,7 @@ def _closer_end(body: bytes, lo: int, hi: int, nth_from_last: int) -> int:
     return hi + 1
 
 
-def _backslashes_before(body: bytes, quote: int, start: int) -> int:
+def _backslashes_before(body: Body, quote: int, start: int) -> int:
     """How many backslashes immediately precede C{body[quote]} (not before C{start})."""
     width = 64
     while True:
@@ -332,7 +334,7 @@ def _boundary(content_type: bytes) -> bytes:
     return boundary.encode("latin-1")
 
 
-def _from_multipart(body: bytes, content_type: bytes) -> str:
+def _from_multipart(body: Body, content_type: bytes) -> str:
     start, end = _multipart_span(body, content_type)
     try:
         return body[start:end].decode("utf-8")
@@ -340,7 +342,7 @@ def _from_multipart(body: bytes, content_type: bytes) -> str:
         raise ModelError("The 'model' field is not UTF-8.") from None
 
 
-def _multipart_span(body: bytes, content_type: bytes) -> Tuple[int, int]:
+def _multipart_span(body: Body, content_type: bytes) -> Tuple[int, int]:
     delimiter = b"--" + _boundary(content_type)
     found = None
     # The body is "--B\r\n<part>\r\n--B\r\n<part>\r\n--B--"; skipping from one
@@ -364,7 +366,7 @@ def _multipart_span(body: bytes, content_type: bytes) -> Tuple[int, int]:
     return found
 
 
-def _field_name(head: bytes) -> Optional[str]:
+def _field_name(head: Body) -> Optional[str]:
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-disposition":

@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 
 from llmhop import errors
 from llmhop.auth import Authenticator
-from llmhop.extract import SMALL_BODY, ModelError, extract_model, model_steps, rename, rename_steps
+from llmhop.extract import SMALL_BODY, Body, ModelError, extract_model, model_steps, rename, rename_steps
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
 from llmhop.routing import Route, RoutingTable
@@ -172,14 +172,14 @@ def _through(_: object, route: Route) -> Route:
     return route
 
 
-def model_of(body: bytes, content_type: Optional[bytes]) -> defer.Deferred:
+def model_of(body: Body, content_type: Optional[bytes]) -> defer.Deferred:
     """Fires with the model C{body} names: at once for a small body, else scanned in slices."""
     if len(body) <= SMALL_BODY:
         return defer.execute(extract_model, body, content_type)
     return scan_in_slices(model_steps(body, content_type))
 
 
-def renamed(body: bytes, content_type: Optional[bytes], name: str) -> defer.Deferred:
+def renamed(body: Body, content_type: Optional[bytes], name: str) -> defer.Deferred:
     """Fires with C{body} naming model C{name}: at once for a small body, else rewritten in slices."""
     if len(body) <= SMALL_BODY:
         return defer.execute(rename, body, content_type, name)
@@ -197,7 +197,7 @@ def scan_in_slices(steps: Generator[None, None, T]) -> defer.Deferred:
         found.append((yield from steps))
 
     task = cooperate(drive())
-    result = defer.Deferred(lambda _: task.stop())
+    result: "defer.Deferred[T]" = defer.Deferred(lambda _: task.stop())
 
     def failed(failure):
         if not result.called and not failure.check(TaskStopped):

@@ -15,10 +15,11 @@ on what it carries:
   optimisation is off and Twisted's transports are used as they are.
 """
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Type
 
 from twisted.internet import abstract
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, HTTPParser
@@ -102,7 +103,7 @@ def client_gone(request: http.Request) -> bool:
     return bool(request._disconnected)
 
 
-def set_connection_factory(pool: HTTPConnectionPool, factory: type) -> None:
+def set_connection_factory(pool: HTTPConnectionPool, factory: Type[_HTTP11ClientFactory]) -> None:
     """Make C{pool} build its backend connections with C{factory}."""
     pool._factory = factory  # type: ignore[attr-defined]
 
@@ -117,13 +118,13 @@ def pending_parser(protocol: HTTP11ClientProtocol) -> Optional[HTTPClientParser]
     return getattr(protocol, "_parser", None)
 
 
-def connection_field(parser: HTTPParser) -> Optional[List[bytes]]:
+def connection_field(parser: HTTPParser) -> Optional[Sequence[bytes]]:
     """The response's C{Connection} field values, which Twisted keeps out of C{Response.headers}."""
     headers: Headers = parser.connHeaders
     return headers.getRawHeaders(b"connection")
 
 
-def tls_context_factory(endpoint: SSL4ServerEndpoint) -> object:
+def tls_context_factory(endpoint: SSL4ServerEndpoint) -> IOpenSSLContextFactory:
     """The TLS context factory an C{ssl:} endpoint string was parsed into."""
     return endpoint._sslContextFactory
 

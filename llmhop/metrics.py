@@ -67,12 +67,12 @@ def make_shared_dir(environ: Mapping[str, str] = os.environ, fallbacks: Sequence
 class _RouteMetrics:
     """One route's label children."""
 
-    duration: object
-    first_byte: object
-    received: object
-    sent: object
-    in_flight: object
-    queued: object
+    duration: Histogram
+    first_byte: Histogram
+    received: Counter
+    sent: Counter
+    in_flight: Gauge
+    queued: Gauge
 
 
 class Metrics:
@@ -138,7 +138,7 @@ class Metrics:
         )
         # Label children, looked up once: .labels() costs a lock and a dict.
         self._per_model: Dict[str, _RouteMetrics] = {}
-        self._per_status: Dict[Tuple[str, str], object] = {}
+        self._per_status: Dict[Tuple[str, str], Counter] = {}
 
     def _route(self, model: str) -> "_RouteMetrics":
         children = self._per_model.get(model)
@@ -176,7 +176,7 @@ class Metrics:
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_failures.labels(model, kind).inc()
 
-    def route_gauges(self, model: str) -> Tuple[object, object]:
+    def route_gauges(self, model: str) -> Tuple[Gauge, Gauge]:
         """The in-flight and queued gauges of route C{model}, for inc() and dec()."""
         children = self._route(model)
         return children.in_flight, children.queued

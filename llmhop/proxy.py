@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, FrozenSet, List, Optional
 import attrs
 from OpenSSL import SSL
 from twisted.internet import defer, error as neterror
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -114,20 +114,20 @@ class BodyProducer:
         self.length = len(body)
         self._sent = 0
         self._paused = False
-        self._consumer = None
-        self._done: Optional[defer.Deferred] = None
+        self._consumer: Optional[IConsumer] = None
+        self._done: "Optional[defer.Deferred[None]]" = None
 
-    def startProducing(self, consumer) -> defer.Deferred:
+    def startProducing(self, consumer: IConsumer) -> "defer.Deferred[None]":
         self._consumer = consumer
-        self._done = done = defer.Deferred()
-        self._write()
+        self._done = done = defer.Deferred[None]()
+        self._write(consumer)
         return done
 
-    def _write(self) -> None:
+    def _write(self, consumer: IConsumer) -> None:
         while not self._paused and self._sent < self.length and self._done is not None:
             piece = bytes(self._body[self._sent : self._sent + self.SLICE])
             self._sent += len(piece)
-            self._consumer.write(piece)
+            consumer.write(piece)
         if self._sent >= self.length and self._done is not None:
             done, self._done = self._done, None
             done.callback(None)
@@ -137,7 +137,8 @@ class BodyProducer:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._write()
+        if self._consumer is not None:
+            self._write(self._consumer)
 
     def stopProducing(self) -> None:
         # The request failed mid-upload; the Deferred must not fire.
@@ -209,6 +210,7 @@ class Attempts:
 
     def _attempt(self) -> None:
         index = self.route.pick(self.upstream.reactor.seconds(), self._tried)
+        assert index is not None, "attempted only while an untried replica is left"
         self._tried |= {index}
         self.replica = index
         self.route.health[index].in_flight += 1

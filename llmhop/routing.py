@@ -244,7 +244,7 @@ def _replica(url: str, sockets: Dict[bytes, str]) -> Replica:
 
 def _host_header(url: str) -> bytes:
     parts = urlsplit(url)
-    host = parts.hostname
+    host = parts.hostname or ""  # config.py refused URLs without one
     if ":" in host:
         host = "[%s]" % (host,)
     default = {"http": 80, "https": 443}[parts.scheme]

@@ -18,8 +18,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web import http, server
 from twisted.web import resource as webresource
-from twisted.web import server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from llmhop import client, process
@@ -112,11 +112,15 @@ class MetricsPage(webresource.Resource):
         return self.metrics.render()
 
 
-def build_metrics_site(metrics: Metrics, reactor) -> server.Site:
-    site = server.Site(MetricsPage(metrics), reactor=reactor)
-    site.noisy = False
-    site.log = lambda request: None  # scrapes stay out of the access log
-    return site
+class MetricsSite(server.Site):
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        """Scrapes stay out of the access log."""
+
+
+def build_metrics_site(metrics: Metrics, reactor: IReactorTime) -> server.Site:
+    return MetricsSite(MetricsPage(metrics), reactor=reactor)
 
 
 class GatewayService(service.Service):
@@ -158,7 +162,9 @@ class GatewayService(service.Service):
         self.handle_signals = handle_signals
         self.shared_dir = _metrics_dir(config, worker)
         self.pool = build_pool(config, reactor)
-        self.site = build_site(config, reactor, self.pool, access_log, Metrics(self.shared_dir))
+        # Outlives reloads: counters go on counting.
+        self.metrics = Metrics(self.shared_dir)
+        self.site = build_site(config, reactor, self.pool, access_log, self.metrics)
         self.port = None
         self.metrics_port = None
         # Why the start failed: one line, naming the address and the fix.
@@ -174,7 +180,7 @@ class GatewayService(service.Service):
                 config.workers,
                 config.timeouts.shutdown,
                 relay_logs,
-                on_exit=self.site.metrics.process_ended,
+                on_exit=self.metrics.process_ended,
             )
 
     def privilegedStartService(self) -> None:
@@ -210,7 +216,7 @@ class GatewayService(service.Service):
         listen = self.config.metrics.listen
         if listen is None or self.worker is not None:
             return defer.succeed(None)
-        return _listen_on(self.reactor, listen, build_metrics_site(self.site.metrics, self.reactor), "metrics.listen")
+        return _listen_on(self.reactor, listen, build_metrics_site(self.metrics, self.reactor), "metrics.listen")
 
     def _listened(self, port) -> defer.Deferred:
         metrics = self._listen_for_metrics()
@@ -271,9 +277,9 @@ class GatewayService(service.Service):
         )
         if self.worker is None:
             _warn_about(self.config)
-        gateway = build_gateway(self.config, self.reactor, self.pool, self.site.metrics, self.site.gateway.routes)
+        gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.site.gateway.routes)
         self.site.replace(gateway, self.config)
-        self.pool.cachedConnectionTimeout = self.config.timeouts.keepAlive
+        self.pool.cachedConnectionTimeout = self.config.timeouts.keepAlive  # type: ignore[assignment]  # typed int
         _log.info("config reloaded from {path}: {models}", path=self.config_path, models=configlib.count(len(config.models), "model"))
         if fixed:
             _log.warn(

@@ -27,7 +27,8 @@ import time
 from typing import TYPE_CHECKING, Optional, Set, Union
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
@@ -36,6 +37,7 @@ from llmhop import config as configlib
 from llmhop import errors, framing, internals
 from llmhop.accesslog import AccessLog, Outcome
 from llmhop.metrics import Metrics
+from llmhop.writethrough import WriteThroughMixin
 
 if TYPE_CHECKING:
     from llmhop.gateway import Gateway
@@ -110,11 +112,10 @@ class GatewayRequest(server.Request):
         # twisted.web writes a response's head and its first bytes separately;
         # corked, they leave in one send (see llmhop.writethrough).
         transport = self.channel.transport if not self.startedWriting and self.channel is not None else None
-        cork = getattr(transport, "cork", None)
-        if cork is None:
+        if not isinstance(transport, WriteThroughMixin):
             super().write(data)
             return
-        cork()
+        transport.cork()
         try:
             super().write(data)
         finally:
@@ -182,6 +183,8 @@ class GatewayChannel(http.HTTPChannel):
     IDLE, HEAD, BODY, HANDLED, REJECTED = "IDLE", "HEAD", "BODY", "HANDLED", "REJECTED"
 
     site: "GatewaySite"
+    # TCP, UNIX or TLS: each can be aborted (ITCPTransport names the method).
+    transport: ITCPTransport
     _state = IDLE
     request_line: Optional[framing.RequestLine] = None
     _deadline = None
@@ -239,7 +242,9 @@ class GatewayChannel(http.HTTPChannel):
         super().lineReceived(line)
         # The stock parser starts a request on its request line (and has
         # already answered 400 to one that is not three words).
-        if len(self.requests) > pending and self._state != self.REJECTED and not self.transport.disconnecting:
+        # (FileDescriptor and TLSMemoryBIOProtocol have disconnecting; ITransport does not say so.)
+        closing = self.transport.disconnecting  # type: ignore[attr-defined]
+        if len(self.requests) > pending and self._state != self.REJECTED and not closing:
             self._request_line_received(line)
 
     def _request_line_received(self, line: bytes) -> None:
@@ -288,20 +293,20 @@ class GatewayChannel(http.HTTPChannel):
         except framing.FramingError as e:
             self.reject(request, e.error)
             return
-        declared = None if length == framing.CHUNKED else length
+        declared = length if isinstance(length, int) else None
         error = self.site.screen(line.target, request.requestHeaders, declared)
         if error is not None:
             self.reject(request, error)
             return
         self._state, self._body_started = self.BODY, self.site.reactor.seconds()
         self._arm(self.site.timeouts.requestBody)
-        if length == framing.CHUNKED:
+        if declared is None:  # chunked
             self.length = None  # not 0: the stock code then reads a body
             cap, deliver = self.site.max_body_bytes, request.handleContentChunk
             self._body = framing.ChunkedBody(cap, deliver, self._body_done, self._body_failed)
-        elif length:
-            self.length = length
-            self._body = framing.ContentLengthBody(length, request.handleContentChunk, self._body_done)
+        elif declared:
+            self.length = declared
+            self._body = framing.ContentLengthBody(declared, request.handleContentChunk, self._body_done)
         # Only now may the stock code send "100 Continue".
         super().allHeadersReceived()
 
@@ -337,19 +342,22 @@ class GatewayChannel(http.HTTPChannel):
 
     def loseConnection(self) -> None:
         if self._state != self.REJECTED:
-            return super().loseConnection()
+            super().loseConnection()
+            return
+        transport = self.transport
         # What the stock loseConnection does first: the transport stops
         # pausing this channel (HTTPChannel registered itself with it).
-        if IPushProducer.providedBy(self.transport):
-            self.transport.unregisterProducer()
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if IConsumer.providedBy(transport):
+            transport.unregisterProducer()
+        # A UNIX or TLS transport may not half-close.
+        lose_write = getattr(transport, "loseWriteConnection", None)
         if lose_write is None:
-            return self.transport.loseConnection()
+            transport.loseConnection()
+            return
         lose_write()
-        self._lingering = self.site.reactor.callLater(LINGER_SECONDS, self.transport.abortConnection)
-        return None
+        self._lingering = self.site.reactor.callLater(LINGER_SECONDS, transport.abortConnection)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
@@ -379,8 +387,9 @@ class GatewaySite(server.Site):
         access line: what a graceful stop waits for (L{drained}).
     """
 
-    protocol = GatewayChannel
-    requestFactory = GatewayRequest
+    # Twisted's stubs type these as its own classes' constructors.
+    protocol = GatewayChannel  # type: ignore[assignment]
+    requestFactory = GatewayRequest  # type: ignore[assignment]
     noisy = False
 
     def __init__(

@@ -26,6 +26,7 @@ import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorThreads, IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from llmhop import internals
@@ -99,11 +100,15 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
+class ISupervisorReactor(IReactorProcess, IReactorTime, IReactorCore, IReactorThreads):
+    """What the reactor of a supervising process provides (any real reactor does)."""
+
+
 @attrs.define
 class WorkerPool:
     """Workers 2..N of a router whose first process is this one."""
 
-    reactor: object
+    reactor: ISupervisorReactor
     config_path: str
     count: int
     grace: float
@@ -123,6 +128,8 @@ class WorkerPool:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
+        listen_fd = self._listen_fd
+        assert listen_fd is not None, "start() gives the listening socket first"
         self._pending.pop(index, None)
         worker = _WorkerProtocol(self, index)
         out = "r" if self.relay_logs else 1
@@ -132,7 +139,7 @@ class WorkerPool:
             sys.executable,
             worker_argv(self.config_path, index, os.getpid(), self.relay_logs),
             env=worker_environ(),
-            childFDs={0: "w", 1: out, 2: err, INHERITED_FD: self._listen_fd},
+            childFDs={0: "w", 1: out, 2: err, INHERITED_FD: listen_fd},
         )
         worker.pid = process.pid
         self._workers[index] = worker
@@ -165,6 +172,8 @@ class WorkerPool:
 
     def signal_all(self, signame: str) -> None:
         for worker in list(self._workers.values()):
+            if worker.transport is None:
+                continue
             try:
                 worker.transport.signalProcess(signame)
             except OSError:
@@ -235,7 +244,7 @@ class SignalHandlers:
     try to stop an already stopping reactor and log a traceback.
     """
 
-    reactor: object
+    reactor: ISupervisorReactor
     on_hup: Callable[[], None]
     _stopping: bool = False
 

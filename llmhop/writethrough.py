@@ -11,9 +11,10 @@ queued.
 """
 
 import errno
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from twisted.internet import tcp, unix
+from twisted.internet.interfaces import IAddress
 
 from llmhop import internals
 
@@ -26,9 +27,17 @@ _RETRY_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 AVAILABLE = internals.WRITE_QUEUE_VISIBLE
 
 
-class WriteThroughMixin:
-    _corked = None
-    _host = None
+if TYPE_CHECKING:
+    _Transport = tcp.Connection
+else:
+    _Transport = object
+
+
+class WriteThroughMixin(_Transport):
+    """Write-through for a TCP or UNIX server transport (mixed in before it)."""
+
+    _corked: Optional[List[bytes]] = None
+    _host: Optional[IAddress] = None
 
     def getHost(self):
         # twisted.web asks for every request, and each time is a getsockname().
