@@ -5,8 +5,6 @@ sockets) run in a thread via C{deferToThread} so the reactor keeps serving.
 """
 
 import json
-import socket
-import time
 
 import pytest
 import pytest_twisted
@@ -16,6 +14,7 @@ from llmhop import config as configlib
 from llmhop.service import build_pool, build_site
 from llmhop.writethrough import write_through
 from tests import backend as backendlib
+from tests.helpers import dead_url
 
 
 @pytest.fixture
@@ -65,29 +64,6 @@ def router(make_router, backend):
     return make_router({"models": {"m": {"url": backend.url}, "other": {"url": dead_url()}}})
 
 
-def dead_url():
-    """An http URL at which nothing listens."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return "http://127.0.0.1:%d" % (s.getsockname()[1],)
-
-
-def wait_for(predicate, timeout=5.0, interval=0.01):
-    """A Deferred firing with C{predicate()}'s first true value, or failing at the deadline."""
-    deadline = time.monotonic() + timeout
-    result = defer.Deferred()
-
-    def check():
-        value = predicate()
-        if value:
-            result.callback(value)
-        elif time.monotonic() > deadline:
-            result.errback(AssertionError("condition not met within %ss" % (timeout,)))
-        else:
-            reactor.callLater(interval, check)
-
-    check()
-    return result
 
 
 @pytest.fixture
@@ -110,22 +86,3 @@ def make_backend():
     yield make
     for port in ports:
         pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
-
-
-def scrape(router, headers=None):
-    """The router's /metrics, parsed: {(name, labels as a sorted tuple): value}."""
-    import treq
-    from prometheus_client.parser import text_string_to_metric_families
-
-    @defer.inlineCallbacks
-    def get():
-        response = yield treq.get(router.url + "/metrics", headers=headers)
-        assert response.code == 200, response.code
-        text = yield response.text()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return samples
-
-    return get()

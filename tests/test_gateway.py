@@ -9,18 +9,8 @@ from pytest_twisted import inlineCallbacks
 from twisted.internet import threads
 
 from tests import rawhttp
-from tests.conftest import dead_url
+from tests.helpers import chat, dead_url, post
 
-
-def chat(model="m", **extra):
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
-
-
-@inlineCallbacks
-def post(router, body, path="/v1/chat/completions", headers=None):
-    response = yield treq.post(router.url + path, body, headers=headers or {"Content-Type": "application/json"})
-    content = yield response.content()
-    return response, content
 
 
 @inlineCallbacks
@@ -209,7 +199,7 @@ def test_backend_without_headers_in_time_is_504_and_is_let_go(make_router, backe
     response, content = yield post(router, chat(script={"kind": "hang"}), headers={"X-Test-Id": "hang504"})
     assert response.code == 504
     assert json.loads(content)["error"]["code"] == "upstream_timeout"
-    from tests.conftest import wait_for
+    from tests.helpers import wait_for
 
     yield wait_for(lambda: backend.events["hang504"]["lost"], timeout=1.0)
 
@@ -240,7 +230,7 @@ def test_backend_that_never_accepts_the_connection_is_504(make_router):
 
 @inlineCallbacks
 def test_backend_connections_are_reused_then_closed_when_idle(make_router, backend):
-    from tests.conftest import wait_for
+    from tests.helpers import wait_for
 
     router = make_router({"models": {"m": {"url": backend.url}}, "timeouts": {"keepAlive": 0.5}})
     first = json.loads((yield post(router, chat()))[1])["client_port"]

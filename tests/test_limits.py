@@ -7,7 +7,7 @@ import treq
 from pytest_twisted import inlineCallbacks
 from twisted.internet import reactor, task
 
-from tests.conftest import scrape, wait_for
+from tests.helpers import scrape, wait_for
 
 
 def request(router, test_id, **script):

@@ -5,15 +5,7 @@ import json
 import treq
 from pytest_twisted import inlineCallbacks
 
-from tests.conftest import dead_url, scrape
-
-
-@inlineCallbacks
-def post(router, body, headers=None):
-    response = yield treq.post(
-        router.url + "/v1/chat/completions", body, headers=dict({"Content-Type": "application/json"}, **(headers or {}))
-    )
-    return response.code, (yield response.content())
+from tests.helpers import dead_url, post, scrape
 
 
 def value(samples, name, **labels):
@@ -26,11 +18,11 @@ def test_requests_durations_bytes_and_failures_by_model(make_router, backend):
     bodies = [json.dumps({"model": "m", "n": "x" * i}).encode() for i in range(5)]
     sent = 0
     for body in bodies:
-        code, content = yield post(router, body)
-        assert code == 200
+        response, content = yield post(router, body)
+        assert response.code == 200
         sent += len(content)
-    assert (yield post(router, b'{"model": "down"}'))[0] == 502
-    assert (yield post(router, b'{"model": "nope"}'))[0] == 404
+    assert (yield post(router, b'{"model": "down"}'))[0].code == 502
+    assert (yield post(router, b'{"model": "nope"}'))[0].code == 404
     samples = yield scrape(router)
     assert value(samples, "llmhop_requests_total", model="m", status="200") == 5
     assert value(samples, "llmhop_requests_total", model="down", status="502") == 1
@@ -49,7 +41,7 @@ def test_requests_durations_bytes_and_failures_by_model(make_router, backend):
 def test_prefix_routes_are_labelled_by_their_pattern(make_router, backend):
     router = make_router({"models": {"local/*": {"url": backend.url}}})
     for i in range(3):
-        assert (yield post(router, json.dumps({"model": "local/%d" % (i,)}).encode()))[0] == 200
+        assert (yield post(router, json.dumps({"model": "local/%d" % (i,)}).encode()))[0].code == 200
     samples = yield scrape(router)
     assert value(samples, "llmhop_requests_total", model="local/*", status="200") == 3
     assert not any(dict(labels).get("model", "").startswith("local/") and dict(labels)["model"] != "local/*"
@@ -67,7 +59,7 @@ def test_metrics_need_a_token_unless_public(make_router, backend):
     public = make_router({"authTokens": ["tok"], "metrics": {"public": True}, "models": {"m": {"url": backend.url}}})
     yield scrape(public)
     # Only /metrics is opened.
-    assert (yield post(public, b'{"model": "m"}'))[0] == 401
+    assert (yield post(public, b'{"model": "m"}'))[0].code == 401
 
 
 @inlineCallbacks
@@ -80,7 +72,7 @@ def test_metrics_answer_get_only(make_router, backend):
 @inlineCallbacks
 def test_process_metrics_and_no_created_series(make_router, backend):
     router = make_router({"models": {"m": {"url": backend.url}}})
-    assert (yield post(router, b'{"model": "m"}'))[0] == 200
+    assert (yield post(router, b'{"model": "m"}'))[0].code == 200
     samples = yield scrape(router)
     names = {name for name, _ in samples}
     assert not [name for name in names if name.endswith("_created")]

@@ -4,25 +4,14 @@ import json
 import socket
 import time
 
-import pytest
 import treq
 from pytest_twisted import inlineCallbacks
 from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import Factory, Protocol
 
 from tests import backend as backendlib, rawhttp
-from tests.conftest import dead_url, scrape, wait_for
+from tests.helpers import chat, dead_url, post, scrape, wait_for
 
-
-def chat(model="m", **extra):
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
-
-
-@inlineCallbacks
-def post(router, body):
-    response = yield treq.post(router.url + "/v1/chat/completions", body, headers={"Content-Type": "application/json"})
-    content = yield response.content()
-    return response.code, content
 
 
 def failures(samples, kind):
@@ -35,7 +24,7 @@ def test_three_replicas_one_down_under_concurrent_load_no_client_sees_an_error(m
     router = make_router({"models": {"m": {"url": [first.url, dead_url(), second.url]}}})
 
     statuses = yield defer.gatherResults([post(router, chat()) for _ in range(60)])
-    assert [code for code, _ in statuses] == [200] * 60
+    assert [response.code for response, _ in statuses] == [200] * 60
     assert first.served + second.served == 60
     assert first.served >= 15 and second.served >= 15
 
@@ -44,7 +33,7 @@ def test_three_replicas_one_down_under_concurrent_load_no_client_sees_an_error(m
     before = failures((yield scrape(router)), "refused")
     assert 1 <= before < 30
     statuses = yield defer.gatherResults([post(router, chat()) for _ in range(30)])
-    assert [code for code, _ in statuses] == [200] * 30
+    assert [response.code for response, _ in statuses] == [200] * 30
     assert failures((yield scrape(router)), "refused") == before
 
 
@@ -57,14 +46,14 @@ def test_after_the_cool_down_a_failed_replica_is_tried_again(make_router, make_b
     router = make_router(
         {"models": {"m": {"url": ["http://127.0.0.1:%d" % (port,), live.url]}}, "timeouts": {"replicaCooldown": 0.2}}
     )
-    assert (yield post(router, chat()))[0] == 200
+    assert (yield post(router, chat()))[0].code == 200
     # The replica comes back on its port; after the cool-down it gets traffic again.
     site = backendlib.site(reactor)
     listening = reactor.listenTCP(port, site, interface="127.0.0.1")
     try:
         deadline = time.monotonic() + 5
         while site.resource.served == 0 and time.monotonic() < deadline:
-            assert (yield post(router, chat()))[0] == 200
+            assert (yield post(router, chat()))[0].code == 200
         assert site.resource.served > 0
     finally:
         yield listening.stopListening()
@@ -83,7 +72,7 @@ def test_requests_go_to_the_replica_with_fewest_in_flight(make_router, make_back
     yield wait_for(lambda: first.served + second.served == 1)
     busy, idle = (first, second) if first.served else (second, first)
     for _ in range(6):
-        assert (yield post(router, chat()))[0] == 200
+        assert (yield post(router, chat()))[0].code == 200
     assert busy.served == 1 and idle.served == 6
     stream.cancel()
     stream.addErrback(lambda _: None)
@@ -94,7 +83,7 @@ def test_ties_go_round_robin(make_router, make_backend):
     backends = [make_backend() for _ in range(3)]
     router = make_router({"models": {"m": {"url": [b.url for b in backends]}}})
     for _ in range(9):
-        assert (yield post(router, chat()))[0] == 200
+        assert (yield post(router, chat()))[0].code == 200
     assert [b.served for b in backends] == [3, 3, 3]
 
 
@@ -116,8 +105,8 @@ def test_a_request_that_reached_a_replica_is_never_retried(make_router, make_bac
         router = make_router(
             {"models": {"m": {"url": ["http://127.0.0.1:%d" % (swallowing.getHost().port,), live.url]}}}
         )
-        code, content = yield post(router, chat())
-        assert code == 502
+        response, content = yield post(router, chat())
+        assert response.code == 502
         assert json.loads(content)["error"]["code"] == "upstream_bad_response"
         assert factory.received and live.served == 0
     finally:
@@ -127,8 +116,8 @@ def test_a_request_that_reached_a_replica_is_never_retried(make_router, make_bac
 @inlineCallbacks
 def test_all_replicas_down_is_a_502(make_router):
     router = make_router({"models": {"m": {"url": [dead_url(), dead_url()]}}})
-    code, content = yield post(router, chat())
-    assert code == 502
+    response, content = yield post(router, chat())
+    assert response.code == 502
     assert json.loads(content)["error"]["code"] == "upstream_unreachable"
     assert failures((yield scrape(router)), "refused") == 2
 
@@ -144,21 +133,21 @@ def test_unix_socket_backends_with_and_without_a_path_prefix(make_router, make_b
             }
         }
     )
-    code, content = yield post(router, chat())
-    assert code == 200
+    response, content = yield post(router, chat())
+    assert response.code == 200
     seen = json.loads(content)
     assert seen["uri"] == "/v1/chat/completions"
     assert ["Host", "localhost"] in seen["headers"]
-    code, content = yield post(router, chat("prefixed"))
-    assert code == 200 and json.loads(content)["uri"] == "/v1-proxy/v1/chat/completions"
+    response, content = yield post(router, chat("prefixed"))
+    assert response.code == 200 and json.loads(content)["uri"] == "/v1-proxy/v1/chat/completions"
 
 
 @inlineCallbacks
 def test_a_missing_socket_fails_over_to_the_next_replica(make_router, make_backend, tmp_path):
     live = make_backend(tmp_path / "live.sock")
     router = make_router({"models": {"m": {"url": ["unix:%s" % (tmp_path / "gone.sock",), live.url]}}})
-    code, _ = yield post(router, chat())
-    assert code == 200 and live.served == 1
+    response, _ = yield post(router, chat())
+    assert response.code == 200 and live.served == 1
 
 
 @inlineCallbacks

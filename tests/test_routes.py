@@ -7,13 +7,7 @@ import treq
 from pytest_twisted import inlineCallbacks
 
 from llmhop.extract import SMALL_BODY
-
-
-@inlineCallbacks
-def post(router, body, content_type="application/json", path="/v1/chat/completions"):
-    response = yield treq.post(router.url + path, body, headers={"Content-Type": content_type})
-    content = yield response.content()
-    return response.code, content
+from tests.helpers import post
 
 
 @inlineCallbacks
@@ -30,8 +24,8 @@ def digest(body):
 def test_an_alias_replaces_the_model_and_nothing_else(make_router, backend):
     router = make_router({"models": {"gpt-4o": {"url": backend.url, "model": "meta-llama/Llama-3.1-8B-Instruct"}}})
     body = b'{ "messages": [{"role": "user", "model": "gpt-4o", "content": "caf\\u00e9"}],\n  "model" :"gpt-4o",  "n": 1 }'
-    code, content = yield post(router, body)
-    assert code == 200
+    response, content = yield post(router, body)
+    assert response.code == 200
     expected = body.replace(b'"model" :"gpt-4o"', b'"model" :"meta-llama/Llama-3.1-8B-Instruct"')
     seen = json.loads(content)
     assert (seen["sha256"], seen["length"]) == (digest(expected), len(expected))
@@ -44,8 +38,8 @@ def test_an_alias_in_a_large_body_is_spliced_without_reencoding(make_router, bac
     prompt = "é \\u00e9 \\\" " * (SMALL_BODY // 8)
     body = json.dumps({"messages": [{"role": "user", "content": prompt}], "model": "big"}, ensure_ascii=False).encode()
     assert len(body) > SMALL_BODY
-    code, content = yield post(router, body)
-    assert code == 200
+    response, content = yield post(router, body)
+    assert response.code == 200
     value = json.dumps('tricky "name" \\ é').encode("ascii")
     expected = body[: body.rindex(b'"big"')] + value + body[body.rindex(b'"big"') + len(b'"big"') :]
     assert json.loads(content)["sha256"] == digest(expected)
@@ -60,8 +54,8 @@ def test_an_alias_in_a_multipart_upload(make_router, backend):
         b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF....\r\n'
         b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--xyz--\r\n'
     )
-    code, content = yield post(router, body, b"multipart/form-data; boundary=" + boundary, "/v1/chat/x")
-    assert code == 200
+    response, content = yield post(router, body, path="/v1/chat/x", content_type=b"multipart/form-data; boundary=" + boundary)
+    assert response.code == 200
     assert json.loads(content)["sha256"] == digest(body.replace(b"\r\n\r\nwhisper\r\n", b"\r\n\r\nopenai/whisper-large-v3\r\n"))
 
 
@@ -82,19 +76,19 @@ def test_prefix_routes_longest_prefix_wins_and_exact_names_beat_prefixes(make_ro
         ("openrouter/meta/llama-3-70b", special),
         ("openrouter/meta/llama", exact),
     ]:
-        code, _ = yield post(router, json.dumps({"model": model}).encode())
-        assert code == 200
+        response, _ = yield post(router, json.dumps({"model": model}).encode())
+        assert response.code == 200
         assert expected.served == 1, model
-    code, content = yield post(router, b'{"model": "openrouter"}')
-    assert code == 404 and json.loads(content)["error"]["code"] == "model_not_found"
+    response, content = yield post(router, b'{"model": "openrouter"}')
+    assert response.code == 404 and json.loads(content)["error"]["code"] == "model_not_found"
 
 
 @inlineCallbacks
 def test_strip_prefix_forwards_the_rest_of_the_name(make_router, backend):
     router = make_router({"models": {"openrouter/*": {"url": backend.url, "stripPrefix": True}}})
     body = b'{"model": "openrouter/anthropic/claude-3.5", "stream": true}'
-    code, content = yield post(router, body)
-    assert code == 200
+    response, content = yield post(router, body)
+    assert response.code == 200
     assert json.loads(content)["sha256"] == digest(b'{"model": "anthropic/claude-3.5", "stream": true}')
 
 
@@ -102,8 +96,8 @@ def test_strip_prefix_forwards_the_rest_of_the_name(make_router, backend):
 def test_a_prefix_route_without_strip_forwards_the_name_unchanged(make_router, backend):
     router = make_router({"models": {"local/*": {"url": backend.url}}})
     body = b'{"model": "local/qwen"}'
-    code, content = yield post(router, body)
-    assert code == 200 and json.loads(content)["sha256"] == digest(body)
+    response, content = yield post(router, body)
+    assert response.code == 200 and json.loads(content)["sha256"] == digest(body)
 
 
 @inlineCallbacks
@@ -123,7 +117,7 @@ def test_models_lists_exact_listed_names_only(make_router, backend):
     for name in ("hidden", "openrouter/x/y"):
         code, found = yield names(router, "/v1/models/" + name)
         assert code == 200 and found["id"] == name
-        code, _ = yield post(router, json.dumps({"model": name}).encode())
-        assert code == 200
+        response, _ = yield post(router, json.dumps({"model": name}).encode())
+        assert response.code == 200
     code, _ = yield names(router, "/v1/models/openrouter")
     assert code == 404

@@ -9,7 +9,7 @@ from pytest_twisted import inlineCallbacks
 from twisted.internet import threads
 
 from tests import rawhttp
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def sse_request(test_id, **script):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests import rawhttp
-from tests.conftest import dead_url
+from tests.helpers import dead_url
 from tests.e2e.procs import Process
 
 TIMEOUTS = {"connect": 0.5, "response": 0.5, "read": 0.5}

@@ -5,7 +5,7 @@ import signal
 import subprocess
 
 from tests import rawhttp
-from tests.conftest import dead_url
+from tests.helpers import dead_url
 from tests.e2e.procs import env, llmhop_command, write_config
 
 CLIENT_TOKEN = "ct-5f3a9c1e7b2d4068"
