@@ -16,15 +16,25 @@ sys.path.insert(0, ROOT)
 from tests.e2e.procs import BackendProcess, Process, Router, env, llmhop_command  # noqa: E402
 
 
-def start_router(settings, python=None, argv_prefix=()):
-    """A router process for C{settings}; its config lives in a temporary file."""
+def start_router(settings, python=None, argv_prefix=(), checkout=None):
+    """A router process for C{settings}; its config lives in a temporary file.
+
+    C{checkout}: run the llmhop of that directory (another commit, for a
+    before/after comparison in one run) instead of this one.
+    """
     handle, path = tempfile.mkstemp(prefix="llmhop-bench-", suffix=".json")
     with os.fdopen(handle, "w") as f:
         json.dump(settings, f)
     command = [python, "-m", "llmhop"] if python else llmhop_command()
     # The log goes to a file, as in production, not through a pipe this
     # process would have to drain while it measures.
-    router = Router(path, argv=list(argv_prefix) + command + ["--config", path], log_path=path + ".log")
+    if checkout is not None:
+        command = [python or sys.executable, "-m", "llmhop"]
+    environ = env(PYTHONPATH=os.path.abspath(checkout)) if checkout is not None else None
+    argv = list(argv_prefix) + command + ["--config", path]
+    # cwd too: "python -m" puts the working directory first on sys.path.
+    cwd = os.path.abspath(checkout) if checkout is not None else ROOT
+    router = Router(path, argv=argv, log_path=path + ".log", environ=environ, cwd=cwd)
     router.config_path = path
     return router
 
@@ -50,7 +60,7 @@ def start_go(binary, directory, backend, argv_prefix=()):
         except OSError:
             if time.monotonic() > deadline:
                 process.stop()
-                raise RuntimeError("the Go router did not listen: %s" % (process.output,))
+                raise RuntimeError("the Go router did not listen: %s" % (process.output,)) from None
             time.sleep(0.05)
 
 
@@ -87,4 +97,16 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-__all__ = ["BackendProcess", "Process", "env", "free_port", "start_go", "start_router", "stop_all", "rss_kib", "fd_count", "cpu_seconds", "percentile"]
+__all__ = [
+    "BackendProcess",
+    "Process",
+    "env",
+    "free_port",
+    "start_go",
+    "start_router",
+    "stop_all",
+    "rss_kib",
+    "fd_count",
+    "cpu_seconds",
+    "percentile",
+]

@@ -8,7 +8,8 @@ cannot be used to guess a token byte by byte.
 
 import hashlib
 import hmac
-from typing import Sequence, Iterable, List, Optional
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import attrs
 
@@ -19,7 +20,7 @@ def _digest(token: bytes) -> bytes:
 
 @attrs.frozen
 class Authenticator:
-    digests: List[bytes] = attrs.field(repr=False)
+    digests: list[bytes] = attrs.field(repr=False)
 
     @classmethod
     def from_tokens(cls, tokens: Iterable[str]) -> "Authenticator":

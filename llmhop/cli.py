@@ -3,7 +3,7 @@
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Optional
 
 from llmhop import __version__
 from llmhop.check import check
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is None and not args.print_schema:
@@ -104,7 +104,7 @@ def log_observer(stream, system: Optional[str], plain: bool):
     return tagged
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.print_schema:
         sys.stdout.buffer.write(schema_text())

@@ -10,7 +10,8 @@ import json
 import os
 import pkgutil
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import attrs
@@ -100,9 +101,9 @@ class Timeouts:
 class ModelConfig:
     name: str
     # One URL, or the replicas of one model: http(s)://… or unix:/path[:/prefix].
-    urls: Tuple[str, ...]
+    urls: tuple[str, ...]
     # Values may hold API keys: keep them out of reprs, which land in logs.
-    headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     # The model name the backend expects, spliced into the forwarded body.
     upstream_model: Optional[str] = None
     # For a prefix route ("openrouter/*"): forward the name without the prefix.
@@ -134,7 +135,7 @@ class MetricsConfig:
 class Config:
     listen: str  # a Twisted server endpoint description
     models: Mapping[str, ModelConfig]
-    auth_tokens: Tuple[str, ...] = attrs.field(default=(), repr=False)
+    auth_tokens: tuple[str, ...] = attrs.field(default=(), repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timeouts: Timeouts = Timeouts()
     workers: int = 1
@@ -167,7 +168,7 @@ def load_or_exit(path: str, resolve: bool = True) -> Config:
         raise SystemExit(tell("config error: %s" % (e,))) from None
 
 
-def warnings(config: Config) -> List[str]:
+def warnings(config: Config) -> list[str]:
     """What is valid but probably not meant, each as one C{place: message} line."""
     found = []
     for name, model in config.models.items():
@@ -186,7 +187,7 @@ def count(n: int, noun: str) -> str:
     return "%d %s%s" % (n, noun, "" if n == 1 else "s")
 
 
-def _url_places(name: str, model: ModelConfig) -> List[Tuple[str, str]]:
+def _url_places(name: str, model: ModelConfig) -> list[tuple[str, str]]:
     place = "models.%s.url" % (name,)
     if len(model.urls) == 1:
         return [(place, model.url)]
@@ -281,7 +282,7 @@ def listen_endpoint(listen: str, place: str = "listen") -> str:
     return listen
 
 
-def _models(value: Any, secret) -> Dict[str, ModelConfig]:
+def _models(value: Any, secret) -> dict[str, ModelConfig]:
     models = _object(value, "models", required=True)
     if not models:
         raise ConfigError("models", "at least one model is required")
@@ -313,8 +314,7 @@ def _model(name: str, value: Any, secret) -> ModelConfig:
         name=name,
         urls=_urls(spec.get("url"), place + ".url"),
         headers=tuple(
-            _header(header, value, "%s.headers.%s" % (place, header), secret)
-            for header, value in headers.items()
+            _header(header, value, "%s.headers.%s" % (place, header), secret) for header, value in headers.items()
         ),
         upstream_model=upstream_model,
         strip_prefix=strip_prefix,
@@ -326,7 +326,7 @@ def _model(name: str, value: Any, secret) -> ModelConfig:
     )
 
 
-def _urls(value: Any, place: str) -> Tuple[str, ...]:
+def _urls(value: Any, place: str) -> tuple[str, ...]:
     if isinstance(value, list):
         if not value:
             raise ConfigError(place, "a list of replicas needs at least one URL")
@@ -343,7 +343,7 @@ def _url(value: Any, place: str) -> str:
         return _unix_url(url, place)
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a bad port
+        _ = parts.port  # raises ValueError for a bad port
     except ValueError as e:
         raise ConfigError(place, "invalid URL: %s" % (e,)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -379,7 +379,7 @@ def _ascii_path(text: str, place: str) -> None:
         raise ConfigError(place, "the URL must be ASCII without spaces (use punycode and percent-encoding)")
 
 
-def _header(name: str, value: Any, place: str, secret) -> Tuple[str, str]:
+def _header(name: str, value: Any, place: str, secret) -> tuple[str, str]:
     if not _TOKEN.fullmatch(name):
         raise ConfigError(place, "not a valid HTTP header name")
     if name.lower() in _UNSETTABLE:
@@ -390,7 +390,7 @@ def _header(name: str, value: Any, place: str, secret) -> Tuple[str, str]:
     return name, expanded
 
 
-def _tokens(value: Any, secret) -> Tuple[str, ...]:
+def _tokens(value: Any, secret) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError("authTokens", "expected a list of strings")
     tokens = []
@@ -424,7 +424,7 @@ def _known(spec: Mapping[str, Any], place: str, keys: set) -> None:
             raise ConfigError(where, "unknown key (expected one of: %s)" % (", ".join(sorted(keys)),))
 
 
-def _object(value: Any, place: str, required: bool = False) -> Dict[str, Any]:
+def _object(value: Any, place: str, required: bool = False) -> dict[str, Any]:
     if value is None and required:
         raise ConfigError(place, "required")
     if not isinstance(value, dict):

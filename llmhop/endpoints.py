@@ -10,7 +10,8 @@ reported.  A unix-socket backend gets a UNIX endpoint.
 """
 
 import ipaddress
-from typing import Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Optional
 
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -33,7 +34,7 @@ class CachedEndpointFactory:
         self._timeout = connect_timeout
         # The made-up hosts of unix-socket backends (llmhop.routing) → paths.
         self._sockets = sockets or {}
-        self._endpoints: Dict[Tuple[bytes, bytes, int], object] = {}
+        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
 
     def endpointForURI(self, uri):
         key = (uri.scheme, uri.host, uri.port)

@@ -8,7 +8,7 @@ single line such as ``models.gpt-4o.url: not an http(s) URL``.
 
 import json
 import sys
-from typing import Optional, Tuple
+from typing import Optional
 
 import attrs
 
@@ -44,7 +44,7 @@ class ApiError:
     type: str
     code: str
     param: Optional[str] = None
-    headers: Tuple[Tuple[bytes, bytes], ...] = ()
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def body(self) -> bytes:
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}

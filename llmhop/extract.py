@@ -9,8 +9,9 @@ form parsers that vLLM and the OpenAI-compatible servers use.
 
 import json
 import re
+from collections.abc import Generator
 from email.message import Message
-from typing import Generator, Optional, Tuple, Union
+from typing import Optional, Union
 
 from llmhop.errors import ApiError, unroutable_body
 
@@ -183,7 +184,7 @@ class _Scan:
         start, end = yield from self.model_span()
         return _model_value(self.decode(start, end), True)
 
-    def model_span(self) -> Generator[None, None, Tuple[int, int]]:
+    def model_span(self) -> Generator[None, None, tuple[int, int]]:
         """Where the value of the last top-level "model" lies in the body."""
         pos = yield from self.whitespace(0)
         first = self.char(pos)
@@ -192,7 +193,7 @@ class _Scan:
             if first and first in b'["-0123456789tfn':
                 raise ModelError("The request body must be a JSON object.")
             raise InvalidJSON("The request body is not valid JSON.")
-        model: Optional[Tuple[int, int]] = None
+        model: Optional[tuple[int, int]] = None
         pos = yield from self.whitespace(pos + 1)
         if self.char(pos) == b"}":
             pos += 1
@@ -290,7 +291,6 @@ class _Scan:
                 i = stop
                 yield
 
-
     def check_depth(self, lo: int, hi: int, depth: int) -> Generator[None, None, None]:
         """Refuse if the brackets in body[lo:hi] nest deeper than MAX_DEPTH.
 
@@ -342,7 +342,7 @@ def _from_multipart(body: Body, content_type: bytes) -> str:
         raise ModelError("The 'model' field is not UTF-8.") from None
 
 
-def _multipart_span(body: Body, content_type: bytes) -> Tuple[int, int]:
+def _multipart_span(body: Body, content_type: bytes) -> tuple[int, int]:
     delimiter = b"--" + _boundary(content_type)
     found = None
     # The body is "--B\r\n<part>\r\n--B\r\n<part>\r\n--B--"; skipping from one

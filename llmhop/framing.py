@@ -27,7 +27,7 @@ connection: after a framing error nothing later on it can be trusted.
 """
 
 import re
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Optional, Union
 
 import attrs
 
@@ -113,7 +113,7 @@ def check_field_line(line: bytes) -> None:
         raise malformed("Obsolete line folding is not accepted (RFC 9112 §5.2).")
 
 
-def split_field(line: bytes) -> Tuple[bytes, bytes]:
+def split_field(line: bytes) -> tuple[bytes, bytes]:
     """The lower-cased name and the value of a field line, refused unless the name is a token
     directly before the colon."""
     name, colon, value = line.partition(b":")
@@ -126,8 +126,8 @@ def split_field(line: bytes) -> Tuple[bytes, bytes]:
 class FramingFields:
     """The framing fields of one request head, collected as they arrive."""
 
-    content_length: List[bytes] = attrs.Factory(list)
-    transfer_encoding: List[bytes] = attrs.Factory(list)
+    content_length: list[bytes] = attrs.Factory(list)
+    transfer_encoding: list[bytes] = attrs.Factory(list)
     hosts: int = 0
 
     def body_length(self, version: bytes) -> BodyLength:

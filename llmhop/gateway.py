@@ -6,7 +6,8 @@ channel calls with the headers alone, before any body byte is read.
 """
 
 import json
-from typing import TYPE_CHECKING, Generator, Optional, TypeVar, Union
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Optional, TypeVar, Union
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -197,7 +198,7 @@ def scan_in_slices(steps: Generator[None, None, T]) -> defer.Deferred:
         found.append((yield from steps))
 
     task = cooperate(drive())
-    result: "defer.Deferred[T]" = defer.Deferred(lambda _: task.stop())
+    result: defer.Deferred[T] = defer.Deferred(lambda _: task.stop())
 
     def failed(failure):
         if not result.called and not failure.check(TaskStopped):

@@ -15,7 +15,8 @@ on what it carries:
   optimisation is off and Twisted's transports are used as they are.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple, Type
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from twisted.internet import abstract
 from twisted.internet.endpoints import SSL4ServerEndpoint
@@ -49,7 +50,7 @@ def _sets(function: Callable[..., object], attribute: str) -> bool:
     return attribute in function.__code__.co_names  # type: ignore[attr-defined]
 
 
-def required() -> List[Tuple[str, bool]]:
+def required() -> list[tuple[str, bool]]:
     """What behaviour depends on: (the name as an import error gives it, whether this Twisted has it)."""
     return [
         # The stock pool logs two lines per new backend connection ("Starting
@@ -103,7 +104,7 @@ def client_gone(request: http.Request) -> bool:
     return bool(request._disconnected)
 
 
-def set_connection_factory(pool: HTTPConnectionPool, factory: Type[_HTTP11ClientFactory]) -> None:
+def set_connection_factory(pool: HTTPConnectionPool, factory: type[_HTTP11ClientFactory]) -> None:
     """Make C{pool} build its backend connections with C{factory}."""
     pool._factory = factory  # type: ignore[attr-defined]
 

@@ -14,7 +14,7 @@ tracebacks).
 import errno
 import os
 import re
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional
 
 import attrs
 from twisted.internet.error import CannotListenError
@@ -40,8 +40,8 @@ class Endpoint:
     """An endpoint string taken apart as Twisted's parser does: C{kind:arg:name=value…}."""
 
     kind: str
-    args: Tuple[str, ...]
-    kwargs: Dict[str, str]
+    args: tuple[str, ...]
+    kwargs: dict[str, str]
 
     @classmethod
     def parse(cls, description: str) -> "Endpoint":
@@ -64,24 +64,24 @@ class Endpoint:
     def unix_path(self) -> str:
         return self.kwargs.get("address", self.args[0] if self.args else "")
 
-    def ssl_files(self) -> List[Tuple[str, str]]:
+    def ssl_files(self) -> list[tuple[str, str]]:
         """(argument, path) of every file an ssl endpoint will read, each path once."""
         files = {name: self.kwargs[name] for name in _SSL_FILES if self.kwargs.get(name)}
         files.setdefault("privateKey", "server.pem")  # Twisted's defaults
         files.setdefault("certKey", files["privateKey"])
-        once: Dict[str, str] = {}
+        once: dict[str, str] = {}
         for name in _SSL_FILES:
             if name in files:
                 once.setdefault(files[name], name)
         return [(name, path) for path, name in once.items()]
 
 
-def _split(description: str) -> List[Tuple[Optional[str], str]]:
+def _split(description: str) -> list[tuple[Optional[str], str]]:
     """The fields between colons, each with the name before its first C{=} (if any).
 
     A backslash escapes the character after it, as in Twisted's parser.
     """
-    fields: List[Tuple[Optional[str], str]] = []
+    fields: list[tuple[Optional[str], str]] = []
     name: Optional[str] = None
     value = ""
     chars = iter(description)
@@ -97,7 +97,7 @@ def _split(description: str) -> List[Tuple[Optional[str], str]]:
     return fields
 
 
-def listen_problems(config: "Config") -> List[str]:
+def listen_problems(config: "Config") -> list[str]:
     """What this host lacks to bind C{listen} and C{metrics.listen} (files, directories)."""
     problems = preflight(config.listen, "listen")
     if config.metrics.listen is not None:
@@ -105,7 +105,7 @@ def listen_problems(config: "Config") -> List[str]:
     return problems
 
 
-def preflight(description: str, place: str = "listen") -> List[str]:
+def preflight(description: str, place: str = "listen") -> list[str]:
     """What is wrong with listen address C{description} that can be seen without binding."""
     endpoint = Endpoint.parse(description)
     problems = []
@@ -121,7 +121,7 @@ def preflight(description: str, place: str = "listen") -> List[str]:
     return problems
 
 
-def _socket_directory(path: str, place: str, description: str) -> List[str]:
+def _socket_directory(path: str, place: str, description: str) -> list[str]:
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         return [

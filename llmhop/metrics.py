@@ -12,7 +12,8 @@ keep counting, the gauges count live processes only.
 
 import os
 import tempfile
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Optional
 
 import attrs
 from prometheus_client import (
@@ -25,7 +26,6 @@ from prometheus_client import (
     multiprocess,
     values,
 )
-
 from prometheus_client.metrics_core import Metric
 
 from llmhop.errors import StartupError
@@ -137,8 +137,8 @@ class Metrics:
             registry=registry,
         )
         # Label children, looked up once: .labels() costs a lock and a dict.
-        self._per_model: Dict[str, _RouteMetrics] = {}
-        self._per_status: Dict[Tuple[str, str], Counter] = {}
+        self._per_model: dict[str, _RouteMetrics] = {}
+        self._per_status: dict[tuple[str, str], Counter] = {}
 
     def _route(self, model: str) -> "_RouteMetrics":
         children = self._per_model.get(model)
@@ -176,7 +176,7 @@ class Metrics:
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_failures.labels(model, kind).inc()
 
-    def route_gauges(self, model: str) -> Tuple[Gauge, Gauge]:
+    def route_gauges(self, model: str) -> tuple[Gauge, Gauge]:
         """The in-flight and queued gauges of route C{model}, for inc() and dec()."""
         children = self._route(model)
         return children.in_flight, children.queued

@@ -7,7 +7,7 @@ talk to the operating system, not to the request path.
 import os
 import resource
 import socket
-from typing import Mapping
+from collections.abc import Mapping
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress

@@ -10,7 +10,7 @@ of memory here.  A client that leaves cancels the backend request at once
 closes the backend connection so the inference server stops generating.
 """
 
-from typing import TYPE_CHECKING, Any, FrozenSet, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 from OpenSSL import SSL
@@ -115,7 +115,7 @@ class BodyProducer:
         self._sent = 0
         self._paused = False
         self._consumer: Optional[IConsumer] = None
-        self._done: "Optional[defer.Deferred[None]]" = None
+        self._done: Optional[defer.Deferred[None]] = None
 
     def startProducing(self, consumer: IConsumer) -> "defer.Deferred[None]":
         self._consumer = consumer
@@ -198,7 +198,7 @@ class Attempts:
     headers: Headers
     replica: Optional[int] = None
     _state: str = TRYING
-    _tried: FrozenSet[int] = frozenset()
+    _tried: frozenset[int] = frozenset()
     _pending: Optional[defer.Deferred] = None
     _result: Optional[defer.Deferred] = None
 
@@ -498,7 +498,7 @@ def _failure_error(kind: str, model: str) -> errors.ApiError:
     return errors.upstream_unreachable(model)
 
 
-def _inner(reason: Failure) -> List[Failure]:
+def _inner(reason: Failure) -> list[Failure]:
     """The failures a ResponseNeverReceived/RequestTransmissionFailed wraps."""
     return getattr(reason.value, "reasons", None) or [reason]
 

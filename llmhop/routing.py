@@ -9,7 +9,8 @@ new table, so that a SIGHUP neither forgets a failing replica nor lets twice
 the limit through.
 """
 
-from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Optional
 from urllib.parse import urlsplit
 
 import attrs
@@ -120,12 +121,12 @@ class RouteState:
 @attrs.frozen
 class Route:
     name: str  # the config's key: a model name, or a prefix pattern ending in *
-    replicas: Tuple[Replica, ...]
-    health: Tuple[ReplicaHealth, ...] = attrs.field(repr=False)
+    replicas: tuple[Replica, ...]
+    health: tuple[ReplicaHealth, ...] = attrs.field(repr=False)
     # Values may hold API keys: keep them out of reprs, which land in logs.
-    headers: Tuple[Tuple[bytes, bytes], ...] = attrs.field(repr=False)
+    headers: tuple[tuple[bytes, bytes], ...] = attrs.field(repr=False)
     # Lower-cased names of C{headers}: the client's values for them are dropped.
-    replaced: FrozenSet[bytes]
+    replaced: frozenset[bytes]
     state: RouteState = attrs.field(repr=False)
     upstream_model: Optional[str] = None
     strip: Optional[str] = None  # the prefix to take off the requested name
@@ -139,7 +140,7 @@ class Route:
             return requested[len(self.strip) :]
         return None
 
-    def pick(self, now: float, tried: FrozenSet[int]) -> Optional[int]:
+    def pick(self, now: float, tried: frozenset[int]) -> Optional[int]:
         """The replica for the next attempt: fewest requests in flight, ties in turn.
 
         Replicas that failed within the cool-down are skipped, unless all the
@@ -162,14 +163,14 @@ class RoutingTable:
     # The routes of exact names (keys not ending in *).
     exact: Mapping[str, Route]
     # Prefix routes, longest prefix first.
-    prefixes: Tuple[Tuple[str, Route], ...]
+    prefixes: tuple[tuple[str, Route], ...]
     # Made-up host of each unix-socket replica → the socket's path.
     sockets: Mapping[bytes, str]
 
     @classmethod
     def from_config(cls, config: Config, previous: Optional["RoutingTable"] = None) -> "RoutingTable":
-        sockets: Dict[bytes, str] = {}
-        health: Dict[str, ReplicaHealth] = previous.replica_health() if previous is not None else {}
+        sockets: dict[bytes, str] = {}
+        health: dict[str, ReplicaHealth] = previous.replica_health() if previous is not None else {}
         routes = {}
         for name, model in config.models.items():
             old = previous.routes.get(name) if previous is not None else None
@@ -191,18 +192,18 @@ class RoutingTable:
                 return route
         return None
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """What /v1/models lists: exact names, not patterns, not unlisted ones."""
         return sorted(n for n, r in self.exact.items() if not r.unlisted)
 
-    def replica_health(self) -> Dict[str, ReplicaHealth]:
+    def replica_health(self) -> dict[str, ReplicaHealth]:
         return {r.url: h for route in self.routes.values() for r, h in zip(route.replicas, route.health)}
 
 
 def _route(
     model: ModelConfig,
-    sockets: Dict[bytes, str],
-    health: Dict[str, ReplicaHealth],
+    sockets: dict[bytes, str],
+    health: dict[str, ReplicaHealth],
     old: Optional[Route],
 ) -> Route:
     headers = tuple((n.encode("ascii"), v.encode("utf-8")) for n, v in model.headers)
@@ -231,7 +232,7 @@ def _state(model: ModelConfig, old: Optional[Route]) -> RouteState:
     return RouteState(limiter=limiter)
 
 
-def _replica(url: str, sockets: Dict[bytes, str]) -> Replica:
+def _replica(url: str, sockets: dict[bytes, str]) -> Replica:
     if url.startswith("unix:"):
         path, _, prefix = url[len("unix:") :].partition(":")
         host = next((h for h, p in sockets.items() if p == path), None)

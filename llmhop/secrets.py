@@ -13,7 +13,8 @@ message ends up in logs and on terminals.
 
 import os
 import re
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 from llmhop.errors import ConfigError
 

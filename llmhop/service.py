@@ -18,12 +18,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web import http, server
-from twisted.web import resource as webresource
+from twisted.web import http, resource as webresource, server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from llmhop import client, process
-from llmhop import config as configlib
+from llmhop import client, config as configlib, process
 from llmhop.accesslog import AccessLog
 from llmhop.auth import Authenticator
 from llmhop.check import check
@@ -31,8 +29,7 @@ from llmhop.endpoints import CachedEndpointFactory
 from llmhop.errors import ConfigError, StartupError, tell
 from llmhop.gateway import Gateway
 from llmhop.listening import bind_failure, listen_problems, with_backlog
-from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from llmhop.metrics import SHARED_DIR_ENVIRON, Metrics, make_shared_dir
+from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
 from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
 from llmhop.site import GatewaySite
@@ -280,7 +277,11 @@ class GatewayService(service.Service):
         gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.site.gateway.routes)
         self.site.replace(gateway, self.config)
         self.pool.cachedConnectionTimeout = self.config.timeouts.keepAlive  # type: ignore[assignment]  # typed int
-        _log.info("config reloaded from {path}: {models}", path=self.config_path, models=configlib.count(len(config.models), "model"))
+        _log.info(
+            "config reloaded from {path}: {models}",
+            path=self.config_path,
+            models=configlib.count(len(config.models), "model"),
+        )
         if fixed:
             _log.warn(
                 "{keys} changed in {path}: restart llmhop to apply that (the rest was applied)",
@@ -316,7 +317,9 @@ class GatewayService(service.Service):
             self.metrics_port = None
         in_flight = len(self.site.in_flight)
         if in_flight:
-            _log.info("waiting up to {grace}s for {n} request(s) to finish", grace=self.config.timeouts.shutdown, n=in_flight)
+            _log.info(
+                "waiting up to {grace}s for {n} request(s) to finish", grace=self.config.timeouts.shutdown, n=in_flight
+            )
             drained = self.site.drained()
             timer = self.reactor.callLater(self.config.timeouts.shutdown, drained.cancel)
             try:
@@ -336,7 +339,10 @@ def _warn_about(config: configlib.Config) -> None:
 
 
 def _listen_on(reactor, description: str, factory, place: str, bind: Optional[str] = None) -> defer.Deferred:
-    """Bind C{description} (as C{bind}, with options added) for C{factory}; a failure is a L{StartupError} of one line."""
+    """Bind C{description} (as C{bind}, with options added) for C{factory}.
+
+    A failure is a L{StartupError} of one line.
+    """
     try:
         endpoint = serverFromString(reactor, bind or description)
     except (IndexError, KeyError) as e:

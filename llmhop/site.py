@@ -24,7 +24,7 @@ the client left) is read through L{llmhop.internals}.
 """
 
 import time
-from typing import TYPE_CHECKING, Optional, Set, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IReactorTime, ITCPTransport
@@ -33,8 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 
-from llmhop import config as configlib
-from llmhop import errors, framing, internals
+from llmhop import config as configlib, errors, framing, internals
 from llmhop.accesslog import AccessLog, Outcome
 from llmhop.metrics import Metrics
 from llmhop.writethrough import WriteThroughMixin
@@ -407,7 +406,7 @@ class GatewaySite(server.Site):
         self.metrics = metrics
         self.gateway = gateway
         self.timeouts = timeouts
-        self.in_flight: Set[GatewayRequest] = set()
+        self.in_flight: set[GatewayRequest] = set()
         self._drained: Optional[defer.Deferred] = None
 
     @property

@@ -12,7 +12,7 @@ nothing: the running config stays until a file is there again.
 """
 
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -20,7 +20,7 @@ from twisted.logger import Logger
 # Often enough to follow an edit within seconds, rarely enough to cost nothing.
 POLL_SECONDS = 2.0
 
-Identity = Tuple[int, int, int, int]
+Identity = tuple[int, int, int, int]
 
 _log = Logger()
 

@@ -14,13 +14,14 @@ worker asks the kernel to send it SIGTERM when the first process dies, so none
 is left serving on its own.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
 import socket
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
 import attrs
 from twisted.internet import defer, protocol
@@ -51,13 +52,13 @@ _LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 _log = Logger()
 
 
-def worker_argv(config_path: str, index: int, parent_pid: int, relay_logs: bool) -> List[str]:
+def worker_argv(config_path: str, index: int, parent_pid: int, relay_logs: bool) -> list[str]:
     """The command line of worker C{index}: this interpreter running L{llmhop.cli}."""
     argv = [sys.executable, "-m", "llmhop", "--config", config_path, "--worker", "%d:%d" % (index, parent_pid)]
     return argv + ["--log-plain"] if relay_logs else argv
 
 
-def worker_environ(environ=os.environ) -> Dict[str, str]:
+def worker_environ(environ=os.environ) -> dict[str, str]:
     result = {name: value for name, value in environ.items() if name not in _FOREIGN_ENVIRON}
     # A checkout run without installing must stay importable in the worker;
     # an installed one is found anyway (and site directories must not move
@@ -116,10 +117,10 @@ class WorkerPool:
     # Told the pid of every worker that ended (its metrics stop counting as live).
     on_exit: Optional[Callable[[int], None]] = None
     _listen_fd: Optional[int] = None
-    _workers: Dict[int, protocol.ProcessProtocol] = attrs.Factory(dict)
-    _started_at: Dict[int, float] = attrs.Factory(dict)
-    _delays: Dict[int, float] = attrs.Factory(dict)
-    _pending: Dict[int, object] = attrs.Factory(dict)
+    _workers: dict[int, protocol.ProcessProtocol] = attrs.Factory(dict)
+    _started_at: dict[int, float] = attrs.Factory(dict)
+    _delays: dict[int, float] = attrs.Factory(dict)
+    _pending: dict[int, object] = attrs.Factory(dict)
     _stopping: bool = False
 
     def start(self, listen_fd: int) -> None:
@@ -174,10 +175,8 @@ class WorkerPool:
         for worker in list(self._workers.values()):
             if worker.transport is None:
                 continue
-            try:
+            with contextlib.suppress(OSError):  # it is exiting; processEnded follows
                 worker.transport.signalProcess(signame)
-            except OSError:
-                pass  # it is exiting; processEnded follows
 
     @defer.inlineCallbacks
     def stop(self):

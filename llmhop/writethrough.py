@@ -11,7 +11,8 @@ queued.
 """
 
 import errno
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import tcp, unix
 from twisted.internet.interfaces import IAddress
@@ -36,7 +37,7 @@ else:
 class WriteThroughMixin(_Transport):
     """Write-through for a TCP or UNIX server transport (mixed in before it)."""
 
-    _corked: Optional[List[bytes]] = None
+    _corked: Optional[list[bytes]] = None
     _host: Optional[IAddress] = None
 
     def getHost(self):

@@ -154,7 +154,9 @@ class Backend(resource.Resource):
 
     def _big(self, request, body, script):
         request.setHeader(b"content-type", b"application/octet-stream")
-        producer = _Filler(request, script.get("size", 1 << 20), self.events.get(request.getHeader(b"x-test-id").decode()))
+        producer = _Filler(
+            request, script.get("size", 1 << 20), self.events.get(request.getHeader(b"x-test-id").decode())
+        )
         request.registerProducer(producer, True)
         producer.resumeProducing()
         return server.NOT_DONE_YET

@@ -64,8 +64,6 @@ def router(make_router, backend):
     return make_router({"models": {"m": {"url": backend.url}, "other": {"url": dead_url()}}})
 
 
-
-
 @pytest.fixture
 def make_backend():
     """More scripted backends: make_backend() on TCP, make_backend(path) on a unix socket."""

@@ -113,7 +113,14 @@ def full_backlog():
 
 
 def main():
-    kinds = {"close": Close, "garbage": Garbage, "hang": Hang, "hang_mid": HangMid, "die_mid": DieMid, "endless": Endless}
+    kinds = {
+        "close": Close,
+        "garbage": Garbage,
+        "hang": Hang,
+        "hang_mid": HangMid,
+        "die_mid": DieMid,
+        "endless": Endless,
+    }
     for name, protocol in sorted(kinds.items()):
         port = reactor.listenTCP(0, Factory.forProtocol(protocol), interface="127.0.0.1")
         sys.stdout.write("%s %d\n" % (name, port.getHost().port))

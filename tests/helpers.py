@@ -52,6 +52,7 @@ def post(router, body, path="/v1/chat/completions", headers=None, content_type=b
 
 def scrape(router, headers=None):
     """The router's /metrics, parsed: {(name, labels as a sorted tuple): value}."""
+
     @defer.inlineCallbacks
     def get():
         response = yield treq.get(router.url + "/metrics", headers=headers)

@@ -12,7 +12,7 @@ import json
 import socket
 import socketserver
 import threading
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import h11
 
@@ -20,18 +20,18 @@ import h11
 class Seen(NamedTuple):
     method: bytes
     target: bytes
-    headers: List[Tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]
     body: bytes
 
-    def header(self, name: bytes) -> List[bytes]:
+    def header(self, name: bytes) -> list[bytes]:
         return [v for n, v in self.headers if n == name.lower()]
 
 
-def parse_requests(data: bytes) -> Tuple[List[Seen], Optional[str]]:
+def parse_requests(data: bytes) -> tuple[list[Seen], Optional[str]]:
     """The requests h11 reads, as a server, in C{data}, and its complaint about what followed (if any)."""
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(data)
-    seen: List[Seen] = []
+    seen: list[Seen] = []
     current = None
     body = b""
     try:
@@ -65,8 +65,8 @@ class Recorder:
     """
 
     def __init__(self) -> None:
-        self.connections: List[bytearray] = []
-        self.errors: List[str] = []
+        self.connections: list[bytearray] = []
+        self.errors: list[str] = []
         self.answer: Optional[bytes] = None
         self._lock = threading.Lock()
         recorder = self
@@ -94,11 +94,11 @@ class Recorder:
         with self._lock:
             return b"".join(bytes(c) for c in self.connections)
 
-    def requests(self) -> List[Seen]:
+    def requests(self) -> list[Seen]:
         """What h11 reads in each connection's bytes; a protocol error fails the test."""
         with self._lock:
             connections = [bytes(c) for c in self.connections]
-        seen: List[Seen] = []
+        seen: list[Seen] = []
         for data in connections:
             requests, complaint = parse_requests(data)
             assert complaint is None, "the router sent bytes h11 refuses: %s in %r" % (complaint, data[:300])

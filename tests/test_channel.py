@@ -1,5 +1,6 @@
 """Early answers from the headers alone (SPEC §2.2–§2.3): auth and the body cap."""
 
+import contextlib
 import json
 import socket
 
@@ -29,10 +30,8 @@ def head_then_wait(port, head, then_send=b"", timeout=5.0):
         sock.sendall(head)
         response = rawhttp.read_response(sock, timeout)
         if then_send:
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendall(then_send)
-            except OSError:
-                pass
         return response
 
 
@@ -83,7 +82,9 @@ def test_body_at_the_cap_is_accepted_and_one_byte_more_is_not(capped):
 @inlineCallbacks
 def test_chunked_body_is_cut_off_at_the_cap(capped, backend):
     payload = chat_body(CAP * 2)
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(payload[i : i + 1000]), payload[i : i + 1000]) for i in range(0, len(payload), 1000))
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(payload[i : i + 1000]), payload[i : i + 1000]) for i in range(0, len(payload), 1000)
+    )
     raw = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Test-Id: chunked\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"

@@ -4,8 +4,6 @@ The module touches Twisted internals (see its docstring); these tests pin the
 behaviour that rests on them, on every Twisted CI runs (22.4 and the newest).
 """
 
-from typing import List
-
 import pytest
 from twisted.internet.testing import StringTransport
 from twisted.web._newclient import Request
@@ -15,12 +13,12 @@ from twisted.web.http_headers import Headers
 from llmhop import client
 
 
-def answer(*chunks: bytes) -> List[object]:
+def answer(*chunks: bytes) -> list[object]:
     """The result (a Response or a Failure) of one GET on a BackendProtocol fed C{chunks}."""
     protocol = client.BackendProtocol(lambda p: None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    results: List[object] = []
+    results: list[object] = []
     request = Request(b"GET", b"/", Headers({b"host": [b"x"]}), None, persistent=True)
     protocol.request(request).addBoth(results.append)
     for chunk in chunks:
@@ -29,7 +27,7 @@ def answer(*chunks: bytes) -> List[object]:
     return results
 
 
-def split_bytewise(data: bytes) -> List[bytes]:
+def split_bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
 
 

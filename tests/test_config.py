@@ -136,7 +136,11 @@ def test_every_form_of_an_env_reference_reads_the_variable(environ):
             assert secrets.expand("<" + form % (name,) + ">", "p", environ) == "<" + value + ">"
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)
+    )
+)
 def test_any_json_document_is_a_config_or_a_config_error(document):
     try:
         configlib.parse(document, {})
@@ -157,7 +161,10 @@ def test_any_json_document_is_a_config_or_a_config_error(document):
         ({"url": "http://a", "model": ""}, "models.m.model: must not be empty"),
         ({"url": "http://a", "model": "a\r\nb"}, "models.m.model: must not contain CR, LF or NUL"),
         ({"url": "http://a", "unlisted": "yes"}, "models.m.unlisted: expected true or false"),
-        ({"url": "http://a", "maxConcurrentRequests": 0}, "models.m.maxConcurrentRequests: expected a positive integer"),
+        (
+            {"url": "http://a", "maxConcurrentRequests": 0},
+            "models.m.maxConcurrentRequests: expected a positive integer",
+        ),
         ({"url": "http://a", "maxQueuedRequests": -1}, "models.m.maxQueuedRequests: expected a whole number"),
     ],
 )
@@ -177,7 +184,11 @@ def test_prefix_route_keys():
 
 
 def test_unix_urls_are_normalised():
-    urls = configlib.parse({"models": {"m": {"url": ["unix:///run/v.sock", "unix:/run/w.sock:/v1/"]}}}, {}).models["m"].urls
+    urls = (
+        configlib.parse({"models": {"m": {"url": ["unix:///run/v.sock", "unix:/run/w.sock:/v1/"]}}}, {})
+        .models["m"]
+        .urls
+    )
     assert urls == ("unix:/run/v.sock", "unix:/run/w.sock:/v1")
 
 
@@ -192,8 +203,19 @@ def test_metrics_keys():
 
 @pytest.mark.parametrize(
     "token",
-    ["replace-me", "REPLACE_ME", "changeme", "change-this", "your-token-here", "<token>", "xxxxxxxx", "...",
-     "placeholder", "secret", "token"],
+    [
+        "replace-me",
+        "REPLACE_ME",
+        "changeme",
+        "change-this",
+        "your-token-here",
+        "<token>",
+        "xxxxxxxx",
+        "...",
+        "placeholder",
+        "secret",
+        "token",
+    ],
 )
 def test_placeholder_client_tokens_are_refused(token):
     with pytest.raises(ConfigError) as raised:

@@ -1,6 +1,6 @@
 """llmhop.framing and llmhop.target without sockets, held against h11 as an independent parser."""
 
-from typing import List, Optional, Tuple
+from typing import Optional
 from urllib.parse import unquote_to_bytes
 
 import pytest
@@ -13,7 +13,7 @@ from tests.recorder import parse_requests
 CAP = 1024 * 1024
 
 
-def decode(data: bytes, pieces: List[int]) -> Tuple[bytes, Optional[bytes], Optional[framing.FramingError]]:
+def decode(data: bytes, pieces: list[int]) -> tuple[bytes, Optional[bytes], Optional[framing.FramingError]]:
     """Feed C{data} to a ChunkedBody in pieces of the given sizes: (body, rest or None, error or None)."""
     body, outcome = [], {}
     decoder = framing.ChunkedBody(
@@ -31,7 +31,7 @@ def decode(data: bytes, pieces: List[int]) -> Tuple[bytes, Optional[bytes], Opti
     return b"".join(body), rest, outcome.get("error")
 
 
-def h11_view(encoded: bytes) -> Tuple[Optional[bytes], bool]:
+def h11_view(encoded: bytes) -> tuple[Optional[bytes], bool]:
     """What h11 reads as the chunked body of a request carrying C{encoded} (None: it refuses)."""
     requests, complaint = parse_requests(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + encoded)
     if requests:

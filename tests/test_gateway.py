@@ -12,7 +12,6 @@ from tests import rawhttp
 from tests.helpers import chat, dead_url, post
 
 
-
 @inlineCallbacks
 def test_health_needs_no_backend_and_counts_models(router):
     for path in ("/health", "/healthz"):

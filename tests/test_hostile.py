@@ -203,8 +203,15 @@ def test_huge_multipart_upload_with_the_model_last(strict):
     boundary = b"llmhop-boundary"
     audio = os.urandom(1024 * 1024) * 100
     body = (
-        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n\r\n' + audio
-        + b"\r\n--" + boundary + b'\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--' + boundary + b"--\r\n"
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n\r\n'
+        + audio
+        + b"\r\n--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--'
+        + boundary
+        + b"--\r\n"
     )
     response = yield treq.post(
         strict.url + "/v1/images/edits", body, headers={"Content-Type": b"multipart/form-data; boundary=" + boundary}

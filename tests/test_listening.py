@@ -29,7 +29,10 @@ def test_endpoint_strings_are_split_as_twisted_splits_them(description):
         ("ssl:8443", [("privateKey", "server.pem")]),
         ("ssl:8443:privateKey=k.pem", [("privateKey", "k.pem")]),
         ("ssl:8443:certKey=c.pem:privateKey=k.pem", [("privateKey", "k.pem"), ("certKey", "c.pem")]),
-        ("ssl:8443:privateKey=k.pem:extraCertChain=chain.pem", [("privateKey", "k.pem"), ("extraCertChain", "chain.pem")]),
+        (
+            "ssl:8443:privateKey=k.pem:extraCertChain=chain.pem",
+            [("privateKey", "k.pem"), ("extraCertChain", "chain.pem")],
+        ),
     ],
 )
 def test_the_files_an_ssl_endpoint_reads(description, files):
@@ -60,9 +63,16 @@ def cannot_listen(code):
         ("tcp:8080", cannot_listen(errno.EACCES), "permission denied"),
         ("tcp:8080", cannot_listen(errno.EADDRNOTAVAIL), "cannot assign requested address; no interface of this host"),
         # What Twisted's unix port raises from its lock file: the file names are Twisted's, not the operator's.
-        ("unix:/no/l.sock", FileNotFoundError(errno.ENOENT, "No such file", "1531", "/no/l.sock.lock"),
-         "no such file or directory; directory /no does not exist"),
-        ("unix:/run/l.sock", PermissionError(errno.EACCES, "Permission denied"), "permission denied; this user may not create /run/l.sock"),
+        (
+            "unix:/no/l.sock",
+            FileNotFoundError(errno.ENOENT, "No such file", "1531", "/no/l.sock.lock"),
+            "no such file or directory; directory /no does not exist",
+        ),
+        (
+            "unix:/run/l.sock",
+            PermissionError(errno.EACCES, "Permission denied"),
+            "permission denied; this user may not create /run/l.sock",
+        ),
         ("tcp:8080", ValueError("odd"), "odd"),
     ],
 )

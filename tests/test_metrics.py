@@ -44,8 +44,10 @@ def test_prefix_routes_are_labelled_by_their_pattern(make_router, backend):
         assert (yield post(router, json.dumps({"model": "local/%d" % (i,)}).encode()))[0].code == 200
     samples = yield scrape(router)
     assert value(samples, "llmhop_requests_total", model="local/*", status="200") == 3
-    assert not any(dict(labels).get("model", "").startswith("local/") and dict(labels)["model"] != "local/*"
-                   for _, labels in samples)
+    assert not any(
+        dict(labels).get("model", "").startswith("local/") and dict(labels)["model"] != "local/*"
+        for _, labels in samples
+    )
 
 
 @inlineCallbacks

@@ -39,8 +39,6 @@ def test_the_docs_name_every_option():
     section = nixos_section()
     words = set(re.findall(r"[A-Za-z][A-Za-z0-9-]*", " ".join(re.findall(r"`([^`]*)`", section))))
     missing = sorted(
-        name
-        for name in documented()
-        if name.rsplit(".", 1)[1] not in words and name.rsplit(".", 1)[1] != "<name>"
+        name for name in documented() if name.rsplit(".", 1)[1] not in words and name.rsplit(".", 1)[1] != "<name>"
     )
     assert missing == []

@@ -13,7 +13,6 @@ from tests import backend as backendlib, rawhttp
 from tests.helpers import chat, dead_url, post, scrape, wait_for
 
 
-
 def failures(samples, kind):
     return samples.get(("llmhop_upstream_failures_total", (("kind", kind), ("model", "m"))), 0)
 

@@ -23,7 +23,9 @@ def digest(body):
 @inlineCallbacks
 def test_an_alias_replaces_the_model_and_nothing_else(make_router, backend):
     router = make_router({"models": {"gpt-4o": {"url": backend.url, "model": "meta-llama/Llama-3.1-8B-Instruct"}}})
-    body = b'{ "messages": [{"role": "user", "model": "gpt-4o", "content": "caf\\u00e9"}],\n  "model" :"gpt-4o",  "n": 1 }'
+    body = (
+        b'{ "messages": [{"role": "user", "model": "gpt-4o", "content": "caf\\u00e9"}],\n  "model" :"gpt-4o",  "n": 1 }'
+    )
     response, content = yield post(router, body)
     assert response.code == 200
     expected = body.replace(b'"model" :"gpt-4o"', b'"model" :"meta-llama/Llama-3.1-8B-Instruct"')
@@ -35,7 +37,7 @@ def test_an_alias_replaces_the_model_and_nothing_else(make_router, backend):
 @inlineCallbacks
 def test_an_alias_in_a_large_body_is_spliced_without_reencoding(make_router, backend):
     router = make_router({"models": {"big": {"url": backend.url, "model": 'tricky "name" \\ é'}}})
-    prompt = "é \\u00e9 \\\" " * (SMALL_BODY // 8)
+    prompt = 'é \\u00e9 \\" ' * (SMALL_BODY // 8)
     body = json.dumps({"messages": [{"role": "user", "content": prompt}], "model": "big"}, ensure_ascii=False).encode()
     assert len(body) > SMALL_BODY
     response, content = yield post(router, body)
@@ -54,9 +56,13 @@ def test_an_alias_in_a_multipart_upload(make_router, backend):
         b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF....\r\n'
         b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--xyz--\r\n'
     )
-    response, content = yield post(router, body, path="/v1/chat/x", content_type=b"multipart/form-data; boundary=" + boundary)
+    response, content = yield post(
+        router, body, path="/v1/chat/x", content_type=b"multipart/form-data; boundary=" + boundary
+    )
     assert response.code == 200
-    assert json.loads(content)["sha256"] == digest(body.replace(b"\r\n\r\nwhisper\r\n", b"\r\n\r\nopenai/whisper-large-v3\r\n"))
+    assert json.loads(content)["sha256"] == digest(
+        body.replace(b"\r\n\r\nwhisper\r\n", b"\r\n\r\nopenai/whisper-large-v3\r\n")
+    )
 
 
 @inlineCallbacks

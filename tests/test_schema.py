@@ -50,9 +50,11 @@ def test_the_schema_has_every_key_with_llmhops_defaults():
     assert all(spec.get("description") for keys in described for spec in keys.values())
 
 
-SHIPPED = [os.path.join("examples", name) for name in sorted(os.listdir(os.path.join(ROOT, "examples"))) if name.endswith(".json")] + [
-    os.path.join("packaging", "debian", "config.json")
-]
+SHIPPED = [
+    os.path.join("examples", name)
+    for name in sorted(os.listdir(os.path.join(ROOT, "examples")))
+    if name.endswith(".json")
+] + [os.path.join("packaging", "debian", "config.json")]
 
 
 @pytest.mark.parametrize("path", SHIPPED)
@@ -97,9 +99,13 @@ def mostly(valid):
 
 
 GOOD_URLS = st.sampled_from(["http://127.0.0.1:8000", "https://api.example/x/", "unix:/run/v.sock", "unix:/s:/p"])
-URLS = st.integers(0, 9).flatmap(lambda draw: GOOD_URLS if draw else st.sampled_from(["h:1", "", "http://h/?q", "unix:rel"]))
+URLS = st.integers(0, 9).flatmap(
+    lambda draw: GOOD_URLS if draw else st.sampled_from(["h:1", "", "http://h/?q", "unix:rel"])
+)
 MODEL_VALUES = {
-    "headers": mostly(st.dictionaries(st.sampled_from(["X-Key", "Bad Name", "Connection"]), st.text(max_size=3), max_size=2)),
+    "headers": mostly(
+        st.dictionaries(st.sampled_from(["X-Key", "Bad Name", "Connection"]), st.text(max_size=3), max_size=2)
+    ),
     "model": mostly(st.sampled_from(["Qwen/Qwen3-8B", ""])),
     "stripPrefix": mostly(st.booleans()),
     "unlisted": mostly(st.booleans()),
@@ -118,7 +124,11 @@ TOP = st.fixed_dictionaries(
         "maxBodyBytes": mostly(st.integers(0, 10)),
         "workers": mostly(st.integers(0, 3) | st.integers(250, 260)),
         "timeouts": mostly(st.dictionaries(st.sampled_from(["connect", "idle", "nope"]), st.floats(0, 10), max_size=2)),
-        "metrics": mostly(st.fixed_dictionaries({}, optional={"public": mostly(st.booleans()), "listen": mostly(st.just("tcp:9")), "x": ANY})),
+        "metrics": mostly(
+            st.fixed_dictionaries(
+                {}, optional={"public": mostly(st.booleans()), "listen": mostly(st.just("tcp:9")), "x": ANY}
+            )
+        ),
         "extra": ANY,
     },
 )

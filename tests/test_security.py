@@ -175,7 +175,7 @@ ACCEPTED = {
     "chunked": ask(TE_CHUNKED) + CHUNKED,
     "chunked-in-any-case": ask(b"Transfer-Encoding: ChUnKeD") + CHUNKED,
     "chunked-in-pieces": ask(TE_CHUNKED)
-    + (b"5\r\n" + BODY[:5] + b"\r\n9;ext=1;q=\"a b\"\r\n" + BODY[5:] + b"\r\n0\r\n\r\n"),
+    + (b"5\r\n" + BODY[:5] + b'\r\n9;ext=1;q="a b"\r\n' + BODY[5:] + b"\r\n0\r\n\r\n"),
     "chunked-with-trailers": ask(TE_CHUNKED)
     + (b"e\r\n" + BODY + b"\r\n0\r\nX-Trailer: 1\r\nContent-Length: 99\r\n\r\n"),
     "leading-zeros": ask(TE_CHUNKED) + b"000e\r\n" + BODY + b"\r\n00\r\n\r\n",
@@ -269,20 +269,23 @@ def test_a_target_that_stays_inside_the_prefix_is_forwarded_byte_for_byte(gatewa
 
 @inlineCallbacks
 def test_header_twins_with_underscores_never_reach_the_backend(gateway, recorder):
-    raw = head(
-        b"Host: gw.example",
-        b"X_Api_Key: client-chosen",
-        b"x-api_key: client-chosen",
-        b"X_Forwarded_For: 10.9.9.9",
-        b"X_Forwarded_Host: evil.example",
-        b"X-Forwarded_Proto: https",
-        b"Content_Length: 99",
-        b"Transfer_Encoding: chunked",
-        b"Proxy_Authorization: x",
-        b"X_Ordinary_Header: kept",
-        b"Content-Length: 14",
-        b"Connection: close",
-    ) + BODY
+    raw = (
+        head(
+            b"Host: gw.example",
+            b"X_Api_Key: client-chosen",
+            b"x-api_key: client-chosen",
+            b"X_Forwarded_For: 10.9.9.9",
+            b"X_Forwarded_Host: evil.example",
+            b"X-Forwarded_Proto: https",
+            b"Content_Length: 99",
+            b"Transfer_Encoding: chunked",
+            b"Proxy_Authorization: x",
+            b"X_Ordinary_Header: kept",
+            b"Content-Length: 14",
+            b"Connection: close",
+        )
+        + BODY
+    )
     answer = yield threads.deferToThread(exchange, gateway.port, raw)
     assert statuses(answer) == [200]
     (seen,) = recorder.requests()

@@ -105,7 +105,9 @@ def test_a_big_body_at_a_fair_rate_gets_a_second_per_64_kib(extra_seconds, cut_o
 
 
 def test_an_early_answer_shuts_the_write_side_and_aborts_after_the_linger():
-    channel, transport, clock = connect({"authTokens": ["a-real-secret-token"], "models": {"m": {"url": "http://127.0.0.1:1"}}})
+    channel, transport, clock = connect(
+        {"authTokens": ["a-real-secret-token"], "models": {"m": {"url": "http://127.0.0.1:1"}}}
+    )
     channel.dataReceived(body_head(100) + b"{")
     assert status(transport) == 401
     assert transport.write_closed and not transport.disconnected

@@ -110,7 +110,9 @@ def test_backend_dying_mid_stream_aborts_the_client_connection(router):
 
 @inlineCallbacks
 def test_complete_stream_ends_cleanly(router):
-    response = yield threads.deferToThread(rawhttp.exchange, router.port, sse_request("ok", kind="sse", n=3, interval=0))
+    response = yield threads.deferToThread(
+        rawhttp.exchange, router.port, sse_request("ok", kind="sse", n=3, interval=0)
+    )
     head, body = rawhttp.split(response)
     assert body.count(b"data: {") == 3
     assert body.endswith(b"0\r\n\r\n")

@@ -76,7 +76,9 @@ def test_plain_http_to_a_tls_port_is_502(make_router, tls_backend):
 
 
 @inlineCallbacks
-def test_a_failed_tls_handshake_fails_over_to_the_next_replica(make_router, make_backend, tls_backend, tmp_path, monkeypatch):
+def test_a_failed_tls_handshake_fails_over_to_the_next_replica(
+    make_router, make_backend, tls_backend, tmp_path, monkeypatch
+):
     """Nothing of the request was sent before the handshake failed: another replica may have it."""
     other = tmp_path / "other-ca.pem"
     other.write_bytes(ScratchCA().pem)

@@ -25,7 +25,10 @@ UNDER_TEST = os.environ.get("LLMHOP_UNDER_TEST")
 
 
 def env(**extra):
-    """The environment for a child: this checkout importable (unless an installed llmhop is under test), plus C{extra}."""
+    """The environment for a child, plus C{extra}.
+
+    This checkout is importable, unless an installed llmhop is under test.
+    """
     result = dict(os.environ)
     if not UNDER_TEST:
         result["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
@@ -60,12 +63,16 @@ class Process:
     def __init__(self, argv, environ=None, cwd=ROOT, log_path=None, **popen):
         self.argv = argv
         self.log_path = log_path
-        if log_path is None:
-            out = subprocess.PIPE
-        else:
-            out = open(log_path, "ab")
+        # Handed to the child, which writes to its own copy of it.
+        out = subprocess.PIPE if log_path is None else open(log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            argv, env=environ or env(), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if log_path else out, **popen
+            argv,
+            env=environ or env(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if log_path else out,
+            **popen,
         )
         self.pid = self.proc.pid
         self.lines = []
@@ -162,7 +169,8 @@ def socket_activated(listener, argv):
     """
     launcher = (
         "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'llmhop.socket'; os.execvp(sys.argv[2], sys.argv[2:])"
+        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'llmhop.socket'; "
+        "os.execvp(sys.argv[2], sys.argv[2:])"
     )
     return [sys.executable, "-c", launcher, str(listener.fileno())] + list(argv)
 

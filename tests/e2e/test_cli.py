@@ -68,7 +68,10 @@ GOOD = {"models": {"m": {"url": "http://127.0.0.1:9"}}}
         ({"models": {"m": {"url": "http://u:p@h/"}}}, "models.m.url: credentials"),
         ({"models": {"m": {"url": "http://h", "extra": 1}}}, "models.m.extra: unknown key"),
         ({"models": {"m": {"url": "http://h", "headers": {"X": 1}}}}, "models.m.headers.X: expected a string"),
-        ({"models": {"m": {"url": "http://h", "headers": {"Bad Name": "v"}}}}, "models.m.headers.Bad Name: not a valid"),
+        (
+            {"models": {"m": {"url": "http://h", "headers": {"Bad Name": "v"}}}},
+            "models.m.headers.Bad Name: not a valid",
+        ),
         ({"models": {"m": {"url": "http://h", "headers": {"Content-Length": "1"}}}}, "managed by the proxy"),
         (dict(GOOD, lisen=":80"), "lisen: unknown key"),
         (dict(GOOD, listen=8080), "listen: expected a string"),
@@ -120,13 +123,20 @@ SECRET = "sk-very-secret-value-0123"
         ("Bearer $NOPE_KEY", {}, "models.m.headers.Authorization", "NOPE_KEY"),
         ("Bearer ${NOPE_KEY}", {}, "models.m.headers.Authorization", "NOPE_KEY"),
         ("${file:missing-secret}", {}, "models.m.headers.Authorization", "missing-secret"),
-        ("${file:missing-secret}", {"CREDENTIALS_DIRECTORY": "/nonexistent-creds"}, "", "/nonexistent-creds/missing-secret"),
+        (
+            "${file:missing-secret}",
+            {"CREDENTIALS_DIRECTORY": "/nonexistent-creds"},
+            "",
+            "/nonexistent-creds/missing-secret",
+        ),
         ("Bearer $", {}, "models.m.headers.Authorization", "$$"),
         ("Bearer ${env:", {}, "models.m.headers.Authorization", "unterminated"),
     ],
 )
 def test_unresolved_secret_names_place_and_variable(tmp_path, header, environ, place, names):
-    path = write_config(tmp_path / "config.json", {"models": {"m": {"url": "http://h", "headers": {"Authorization": header}}}})
+    path = write_config(
+        tmp_path / "config.json", {"models": {"m": {"url": "http://h", "headers": {"Authorization": header}}}}
+    )
     result = run_llmhop("--config", str(path), "--check", environ=env(SECRET_KEY=SECRET, **environ), cwd=str(tmp_path))
     assert result.returncode == 1
     assert place in result.stderr and names in result.stderr
@@ -163,11 +173,16 @@ def test_secrets_from_env_and_credentials_directory_reach_the_backend(tmp_path, 
         "models": {
             "m": {
                 "url": backend_process.url,
-                "headers": {"X-Api-Key": "${env:BACKEND_KEY}/$BACKEND_KEY/${BACKEND_KEY}", "X-File": "${file:backend_key}"},
+                "headers": {
+                    "X-Api-Key": "${env:BACKEND_KEY}/$BACKEND_KEY/${BACKEND_KEY}",
+                    "X-File": "${file:backend_key}",
+                },
             }
         },
     }
-    router = start_router(settings, environ=env(CREDENTIALS_DIRECTORY=str(creds), BACKEND_KEY="bk-42", OTHER_TOKEN="t2"))
+    router = start_router(
+        settings, environ=env(CREDENTIALS_DIRECTORY=str(creds), BACKEND_KEY="bk-42", OTHER_TOKEN="t2")
+    )
     port = router.port()
     status, body = post_chat(port, headers={"Authorization": "Bearer pre$fix-t2"})
     assert status == 200

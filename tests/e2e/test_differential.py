@@ -10,6 +10,7 @@ never a request h11 does not see, never out of order.  Refusing is always
 allowed.
 """
 
+import contextlib
 import json
 import socket
 
@@ -84,10 +85,8 @@ def gateway(tmp_path_factory):
 
 def send(port, data):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(data)
-        except OSError:
-            pass
         return rawhttp.read_all(sock, timeout=5)
 
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests import rawhttp
-from tests.helpers import dead_url
 from tests.e2e.procs import Process
+from tests.helpers import dead_url
 
 TIMEOUTS = {"connect": 0.5, "response": 0.5, "read": 0.5}
 
@@ -120,7 +120,9 @@ def test_a_thousand_failures_leak_no_descriptors_or_memory(faulty_router):
     fds, _ = batch(200)  # warm up (PyPy's JIT and heap grow at first)
     after_first = batch(1000)
     after_second = batch(1000)
-    print("fds %d -> %d -> %d, RSS %d -> %d KiB" % (fds, after_first[0], after_second[0], after_first[1], after_second[1]))
+    print(
+        "fds %d -> %d -> %d, RSS %d -> %d KiB" % (fds, after_first[0], after_second[0], after_first[1], after_second[1])
+    )
     assert after_first[0] <= fds and after_second[0] <= fds, "descriptors leaked"
     # A leak grows with every batch; warm-up does not.  PyPy's collector lets
     # its heap grow further before collecting, hence more slack there.

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.slow
 VALID = [
     rawhttp.request(b"POST", b"/v1/chat/completions", json.dumps({"model": "m", "messages": []}).encode()),
     rawhttp.request(b"GET", b"/v1/models"),
-    b"POST /v1/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\ne\r\n{\"model\": \"m\"}\r\n0\r\n\r\n",
+    b'POST /v1/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\ne\r\n{"model": "m"}\r\n0\r\n\r\n',
     # SPEC §5's shapes, for the mutations to start from.
     b"POST /v1/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n"
-    b"e;ext=1\r\n{\"model\": \"m\"}\r\n0\r\nX-Trailer: 1\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: h\r\n\r\n",
-    b"POST /v1/../x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\nContent-Length: 14\r\n\r\n{\"model\": \"m\"}",
-    b"POST /v1/%2e%2E/x HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\nContent-Length: 14\r\n\r\n{\"model\": \"m\"}",
-    b"POST /v1/x HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\ne\n{\"model\": \"m\"}\n0\n\n",
+    b'e;ext=1\r\n{"model": "m"}\r\n0\r\nX-Trailer: 1\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: h\r\n\r\n',
+    b'POST /v1/../x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\nContent-Length: 14\r\n\r\n{"model": "m"}',
+    b'POST /v1/%2e%2E/x HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\nContent-Length: 14\r\n\r\n{"model": "m"}',
+    b'POST /v1/x HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\ne\n{"model": "m"}\n0\n\n',
 ]
 
 

@@ -1,6 +1,5 @@
 """The official OpenAI Python SDK as the client, through a router process."""
 
-
 import pytest
 
 openai = pytest.importorskip("openai")

@@ -55,19 +55,30 @@ def test_a_bad_config_on_reload_keeps_the_running_one_with_one_line(tmp_path, st
 
 
 def test_reload_under_twistd(tmp_path, backend_process, processes):
-    config = write_config(tmp_path / "config.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}})
+    config = write_config(
+        tmp_path / "config.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}}
+    )
     router = Process(twistd_command() + ["-n", "--pidfile=", "llmhop", "--config", str(config)], cwd=str(tmp_path))
     processes.append(router)
     port = int(router.wait_for_line(r"llmhop listening on (\S+)").group(1).rsplit(":", 1)[1])
-    write_config(config, {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url, "model": "renamed"}, "n": {"url": backend_process.url}}})
+    write_config(
+        config,
+        {
+            "listen": "127.0.0.1:0",
+            "models": {"m": {"url": backend_process.url, "model": "renamed"}, "n": {"url": backend_process.url}},
+        },
+    )
     router.signal(signal.SIGHUP)
     router.wait_for_line(r"config reloaded from .*: 2 model")
     status, body = post_chat(port, "m")
     assert status == 200
     assert json.loads(body)["sha256"] == hashlib.sha256(b'{"model": "renamed"}').hexdigest()
-    assert get(port, "/v1/models")[1] == json.dumps(
-        {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "llmhop"} for n in "mn"]}
-    ).encode()
+    assert (
+        get(port, "/v1/models")[1]
+        == json.dumps(
+            {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "llmhop"} for n in "mn"]}
+        ).encode()
+    )
 
 
 def scrape(url):

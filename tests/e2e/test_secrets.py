@@ -5,8 +5,8 @@ import signal
 import subprocess
 
 from tests import rawhttp
-from tests.helpers import dead_url
 from tests.e2e.procs import env, llmhop_command, write_config
+from tests.helpers import dead_url
 
 CLIENT_TOKEN = "ct-5f3a9c1e7b2d4068"
 HEADER_SECRET = "hs-a81c0f3e9d6b2745"
@@ -25,7 +25,10 @@ def test_secrets_stay_out_of_logs_errors_and_startup_failures(tmp_path, start_ro
         "timeouts": {"connect": 0.5, "response": 0.5},
         "models": {
             "ok": {"url": backend_process.url, "headers": {"Authorization": "Bearer ${env:HEADER_SECRET}"}},
-            "down": {"url": dead_url(), "headers": {"X-Key": "${file:upstream_key}", "Authorization": "Bearer $HEADER_SECRET"}},
+            "down": {
+                "url": dead_url(),
+                "headers": {"X-Key": "${file:upstream_key}", "Authorization": "Bearer $HEADER_SECRET"},
+            },
         },
     }
     router = start_router(settings, environ=env(CREDENTIALS_DIRECTORY=str(creds), HEADER_SECRET=HEADER_SECRET))

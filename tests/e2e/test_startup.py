@@ -130,8 +130,8 @@ def test_workers_with_a_read_only_tmp(tmp_path):
     path = write_config(tmp_path / "c.json", {"listen": "127.0.0.1:0", "workers": 2, "models": MODELS})
     # A read-only bind of each on itself, in a mount namespace of the test's own: the config stays readable.
     read_only = "mount --bind {0} {0} && mount -o remount,bind,ro {0}".format
-    script = read_only("/tmp") + " && exec \"$@\""
-    no_shm = read_only("/tmp") + " && " + read_only("/dev/shm") + " && exec \"$@\""
+    script = read_only("/tmp") + ' && exec "$@"'
+    no_shm = read_only("/tmp") + " && " + read_only("/dev/shm") + ' && exec "$@"'
     base = ["unshare", "--mount", "sh", "-c"]
     argv = llmhop_command() + ["--config", str(path)]
     environ = env(TMPDIR=None, RUNTIME_DIRECTORY=None)
@@ -143,9 +143,7 @@ def test_workers_with_a_read_only_tmp(tmp_path):
         router.stop()
     assert "Traceback" not in router.output
 
-    result = subprocess.run(
-        base + [no_shm, "sh"] + argv, env=environ, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run(base + [no_shm, "sh"] + argv, env=environ, capture_output=True, text=True, timeout=30)
     line = one_line(result)
     assert "workers: the processes share their metrics through a directory, and none is writable" in line
     assert "/tmp (Read-only file system), /dev/shm (Read-only file system)" in line and "emptyDir" in line

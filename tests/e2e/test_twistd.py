@@ -61,7 +61,9 @@ def test_twistd_daemon_with_pidfile_and_logfile(tmp_path, backend_process):
     assert result.returncode == 0, result.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
     try:
-        line = wait_for(lambda: logfile.exists() and "llmhop listening on" in logfile.read_text() and logfile.read_text())
+        line = wait_for(
+            lambda: logfile.exists() and "llmhop listening on" in logfile.read_text() and logfile.read_text()
+        )
         port = int(line.split("llmhop listening on ")[1].split()[0].rsplit(":", 1)[1])
         assert get(port)[0] == 200
     finally:
@@ -98,7 +100,10 @@ def test_twistd_check_validates_without_starting(tmp_path):
 
     good = {"listen": "127.0.0.1:0", "models": {"m": {"url": "http://127.0.0.1:9"}}}
     result = check(good)
-    assert (result.returncode, result.stdout.strip()) == (0, "llmhop: %s: config OK (1 model)" % (tmp_path / "config.json",))
+    assert (result.returncode, result.stdout.strip()) == (
+        0,
+        "llmhop: %s: config OK (1 model)" % (tmp_path / "config.json",),
+    )
     assert not (tmp_path / "twistd.pid").exists() and not (tmp_path / "twistd.log").exists()
     result = check({"models": {"m": {"url": "nope"}}})
     assert (result.returncode, result.stderr.count("\n")) == (1, 1) and "models.m.url" in result.stderr
@@ -154,6 +159,7 @@ def test_twistd_binds_then_drops_privileges(tmp_path, backend_process, processes
     processes.append(router)
     port = int(router.wait_for_line(r"llmhop listening on (\S+)").group(1).rsplit(":", 1)[1])
     assert post_chat(port)[0] == 200
-    status = open("/proc/%d/status" % (router.pid,)).read()
+    with open("/proc/%d/status" % (router.pid,)) as proc_status:
+        status = proc_status.read()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == ["65534"] * 4

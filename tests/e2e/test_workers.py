@@ -14,7 +14,17 @@ import pytest
 
 from tests import rawhttp
 from tests.certs import ScratchCA
-from tests.e2e.procs import Process, Router, env, llmhop_command, pid_alive, socket_activated, twistd_command, wait_for, write_config
+from tests.e2e.procs import (
+    Process,
+    Router,
+    env,
+    llmhop_command,
+    pid_alive,
+    socket_activated,
+    twistd_command,
+    wait_for,
+    write_config,
+)
 from tests.e2e.test_cli import get, post_chat
 
 STARTED = r"started worker 2 \(pid (\d+)\)"
@@ -123,9 +133,7 @@ def test_sighup_reloads_every_worker(tmp_path, two_workers, backend_process):
     two_workers.wait_for_line(r"\[worker 1\] config reloaded from .*: 2 model")
     two_workers.wait_for_line(r"\[worker 2\] config reloaded from .*: 2 model")
     statuses = []
-    hit_until_both_serve(
-        two_workers, lambda: statuses.extend([post_chat(port, "added")[0], post_chat(port)[0]])
-    )
+    hit_until_both_serve(two_workers, lambda: statuses.extend([post_chat(port, "added")[0], post_chat(port)[0]]))
     assert set(statuses) == {200}
 
     # A broken file leaves every worker on the config it runs.
@@ -308,7 +316,11 @@ def test_workers_with_systemd_socket_activation(tmp_path, backend_process, proce
 def test_workers_flag_has_the_config_keys_bound(tmp_path):
     config = write_config(tmp_path / "c.json", {"models": {"m": {"url": "http://127.0.0.1:9"}}})
     result = subprocess.run(
-        llmhop_command() + ["--config", str(config), "--workers", "1000"], env=env(), capture_output=True, text=True, timeout=30
+        llmhop_command() + ["--config", str(config), "--workers", "1000"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert result.stderr == "llmhop: --workers: at most 256\n"
@@ -317,7 +329,11 @@ def test_workers_flag_has_the_config_keys_bound(tmp_path):
 def test_workers_flag_needs_a_shareable_listen(tmp_path):
     config = write_config(tmp_path / "c.json", {"listen": "onion:80", "models": {"m": {"url": "http://127.0.0.1:9"}}})
     result = subprocess.run(
-        llmhop_command() + ["--config", str(config), "--workers", "2"], env=env(), capture_output=True, text=True, timeout=30
+        llmhop_command() + ["--config", str(config), "--workers", "2"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "--workers: several workers need" in result.stderr
