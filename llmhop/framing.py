@@ -27,7 +27,7 @@ connection: after a framing error nothing later on it can be trusted.
 """
 
 import re
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import attrs
 
@@ -71,9 +71,8 @@ def malformed(message: str) -> FramingError:
     return FramingError(errors.bad_request(message))
 
 
-@attrs.frozen
-class RequestLine:
-    """A request line's three parts, as the channel records them for itself."""
+class RequestLine(NamedTuple):
+    """A request line's three parts, as the channel records them for itself (a tuple: one per request)."""
 
     method: bytes
     target: bytes

@@ -106,15 +106,21 @@ class Gateway(resource.Resource):
         encoding = request.getHeader(b"content-encoding")
         if encoding is not None and encoding.strip().lower() != b"identity":
             return self._fail(request, errors.unsupported_encoding())
-        forwarding = model_of(request.body, request.getHeader(b"content-type"))
+        # The steps are chained first and the chain fired once: a small body
+        # runs it to its end at once, in one pass; a big body's scan, or a
+        # place in a queue, pauses it.  A client that leaves stops the step
+        # under way (each step that pauses says so in its own Deferred).
+        forwarding: defer.Deferred = defer.Deferred()
+        forwarding.addCallback(self._model, request)
         forwarding.addCallback(self._routed, request)
         forwarding.addCallback(self._admitted, request)
         forwarding.addCallback(self._send, request)
         forwarding.addErrback(self._refused, request)
-        # A client that leaves stops whatever step is under way: a scan, a
-        # rename, a place in the queue.
-        request.notifyFinish().addErrback(_stop_forwarding, forwarding)
+        forwarding.callback(request.body)
         return server.NOT_DONE_YET
+
+    def _model(self, body: Body, request: "GatewayRequest") -> Union[str, defer.Deferred]:
+        return _until_gone(model_of(body, request.getHeader(b"content-type")), request)
 
     def _routed(self, model: str, request: "GatewayRequest") -> Union[Route, defer.Deferred]:
         """The route for C{model}; once the body names the backend's model, if the route renames it."""
@@ -126,9 +132,10 @@ class Gateway(resource.Resource):
         forwarded = route.forwarded_model(model)
         if forwarded is None:
             return route
-        renaming = renamed(request.body, request.getHeader(b"content-type"), forwarded)
-        renaming.addCallback(_with_body, request, route)
-        return renaming
+        body = renamed(request.body, request.getHeader(b"content-type"), forwarded)
+        if isinstance(body, defer.Deferred):
+            return _until_gone(body, request).addCallback(_with_body, request, route)
+        return _with_body(body, request, route)
 
     def _admitted(self, route: Route, request: "GatewayRequest") -> Union[Route, defer.Deferred]:
         """C{route} now, or once the model's concurrency limit lets the request through."""
@@ -160,8 +167,15 @@ class Gateway(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def _stop_forwarding(reason: Failure, forwarding: defer.Deferred) -> None:
-    forwarding.cancel()
+def _until_gone(step: T, request: "GatewayRequest") -> T:
+    """C{step} as it is; a Deferred one is cancelled if the client leaves while it runs."""
+    if isinstance(step, defer.Deferred):
+        request.notifyFinish().addErrback(_stop, step)
+    return step
+
+
+def _stop(reason: Failure, step: defer.Deferred) -> None:
+    step.cancel()
 
 
 def _with_body(body: bytes, request: "GatewayRequest", route: Route) -> Route:
@@ -173,17 +187,20 @@ def _through(_: object, route: Route) -> Route:
     return route
 
 
-def model_of(body: Body, content_type: Optional[bytes]) -> defer.Deferred:
-    """Fires with the model C{body} names: at once for a small body, else scanned in slices."""
+def model_of(body: Body, content_type: Optional[bytes]) -> Union[str, defer.Deferred]:
+    """The model C{body} names: at once for a small body, else a Deferred of the scan in slices.
+
+    L{ModelError} when there is none (raised, or the Deferred's failure).
+    """
     if len(body) <= SMALL_BODY:
-        return defer.execute(extract_model, body, content_type)
+        return extract_model(body, content_type)
     return scan_in_slices(model_steps(body, content_type))
 
 
-def renamed(body: Body, content_type: Optional[bytes], name: str) -> defer.Deferred:
-    """Fires with C{body} naming model C{name}: at once for a small body, else rewritten in slices."""
+def renamed(body: Body, content_type: Optional[bytes], name: str) -> Union[bytes, defer.Deferred]:
+    """C{body} naming model C{name}: at once for a small body, else a Deferred of the rewrite in slices."""
     if len(body) <= SMALL_BODY:
-        return defer.execute(rename, body, content_type, name)
+        return rename(body, content_type, name)
     return scan_in_slices(rename_steps(body, content_type, name))
 
 

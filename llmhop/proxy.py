@@ -119,7 +119,8 @@ class BodyProducer:
 
     def startProducing(self, consumer: IConsumer) -> "defer.Deferred[None]":
         self._consumer = consumer
-        self._done = done = defer.Deferred[None]()
+        done: defer.Deferred[None] = defer.Deferred()
+        self._done = done
         self._write(consumer)
         return done
 
