@@ -3,7 +3,7 @@
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import Optional, cast
 
 from llmhop import __version__
 from llmhop.check import check
@@ -134,6 +134,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from llmhop.accesslog import DEFAULT_SYSTEM, AccessLog
     from llmhop.errors import StartupError
     from llmhop.service import GatewayService
+    from llmhop.workers import ISupervisorReactor
 
     # Straight to stderr, in the same format as the other lines, and cheaper.
     access_log = AccessLog(sys.stderr, system or DEFAULT_SYSTEM, plain=args.log_plain)
@@ -141,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         gateway = GatewayService(
             config,
-            reactor,
+            cast(ISupervisorReactor, reactor),  # the global reactor provides it all
             path,
             worker=worker,
             handle_signals=True,

@@ -9,13 +9,14 @@ period and then cuts off whatever is left.
 
 import os
 import shutil
-from typing import Optional
+from collections.abc import Generator
+from typing import Callable, Optional, cast
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IFileDescriptor, IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import http, resource as webresource, server
@@ -34,7 +35,7 @@ from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
 from llmhop.site import GatewaySite
 from llmhop.watch import ConfigWatcher
-from llmhop.workers import SignalHandlers, WorkerPool, adopt_listening
+from llmhop.workers import ISupervisorReactor, SignalHandlers, WorkerPool, adopt_listening
 from llmhop.writethrough import write_through
 
 # The stock pool keeps 2 idle connections per backend; a busy backend would
@@ -120,8 +121,89 @@ def build_metrics_site(metrics: Metrics, reactor: IReactorTime) -> server.Site:
     return MetricsSite(MetricsPage(metrics), reactor=reactor)
 
 
-class GatewayService(service.Service):
+class DrainService(service.Service):
+    """The last step of a stop: requests in flight finish within the grace period, the rest are cut off.
+
+    The first child of L{GatewayService}, so stopped last: by then the
+    listening ports no longer accept.  Then the backend pool's idle
+    connections are closed.
+    """
+
+    def __init__(self, site: GatewaySite, pool: HTTPConnectionPool, reactor: IReactorTime, grace: Callable[[], float]):
+        self.site, self.pool, self.reactor, self.grace = site, pool, reactor, grace
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Generator[defer.Deferred, object, None]:
+        service.Service.stopService(self)
+        in_flight = len(self.site.in_flight)
+        if in_flight:
+            grace = self.grace()
+            _log.info("waiting up to {grace}s for {n} request(s) to finish", grace=grace, n=in_flight)
+            drained = self.site.drained()
+            timer = self.reactor.callLater(grace, drained.cancel)
+            try:
+                yield drained
+            except defer.CancelledError:
+                _log.warn("cutting off {n} request(s) still running after the grace period", n=len(self.site.in_flight))
+                for request in list(self.site.in_flight):
+                    request.channel.transport.abortConnection()
+            else:
+                timer.cancel()
+        yield self.pool.closeCachedConnections()
+
+
+class PortService(service.Service):
+    """A bound listening port: stopping the service stops accepting."""
+
+    def __init__(self, port: IListeningPort) -> None:
+        self.port: Optional[IListeningPort] = port
+
+    def stopService(self) -> Optional[defer.Deferred]:
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        return None if port is None else defer.maybeDeferred(port.stopListening)
+
+
+class WorkersService(service.Service):
+    """Workers 2..N on the listening socket C{fd}: started with the service, signalled and awaited on stop."""
+
+    def __init__(self, workers: WorkerPool, fd: int) -> None:
+        self.workers, self.fd = workers, fd
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.workers.start(self.fd)
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        return self.workers.stop()
+
+
+class WatchService(service.Service):
+    """--watch-config: the watcher polls while the service runs."""
+
+    def __init__(self, watcher: ConfigWatcher) -> None:
+        self.watcher = watcher
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.watcher.start()
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.watcher.stop()
+
+
+class GatewayService(service.MultiService):
     """One router process: the first one (which may supervise workers) or worker C{worker}.
+
+    A MultiService whose children are the steps of its life: the drain step
+    (L{DrainService}, added first so that it stops last), the config watcher
+    (L{WatchService}), and, once bound, one L{PortService} per listening
+    port and the workers (L{WorkersService}).  Binding itself happens here, in
+    C{privilegedStartService} (twistd binds before dropping privileges): the
+    main address, then C{metrics.listen}, and a failure is one line in
+    C{failure}.
 
     @param config_path: where SIGHUP reloads the config from.
     @param worker: this process's worker number when a supervisor started it;
@@ -138,7 +220,7 @@ class GatewayService(service.Service):
     def __init__(
         self,
         config: configlib.Config,
-        reactor,
+        reactor: ISupervisorReactor,
         config_path: Optional[str] = None,
         worker: Optional[int] = None,
         handle_signals: bool = False,
@@ -147,12 +229,9 @@ class GatewayService(service.Service):
         workers_flag: Optional[int] = None,
         watch_config: bool = False,
     ) -> None:
+        service.MultiService.__init__(self)
         self.config = config
         self.workers_flag = workers_flag
-        # Only the first process watches: it passes a reload on to its workers.
-        self.watcher: Optional[ConfigWatcher] = None
-        if watch_config and worker is None and config_path is not None:
-            self.watcher = ConfigWatcher(reactor, config_path, self.reload)
         self.reactor = reactor
         self.config_path = config_path
         self.worker = worker
@@ -162,11 +241,13 @@ class GatewayService(service.Service):
         # Outlives reloads: counters go on counting.
         self.metrics = Metrics(self.shared_dir)
         self.site = build_site(config, reactor, self.pool, access_log, self.metrics)
-        self.port = None
-        self.metrics_port = None
         # Why the start failed: one line, naming the address and the fix.
         self.failure: Optional[str] = None
         self._listening: Optional[defer.Deferred] = None
+        DrainService(self.site, self.pool, reactor, self._grace).setServiceParent(self)
+        # Only the first process watches: it passes a reload on to its workers.
+        if watch_config and worker is None and config_path is not None:
+            WatchService(ConfigWatcher(reactor, config_path, self.reload)).setServiceParent(self)
         self.workers: Optional[WorkerPool] = None
         if worker is None and config.workers > 1:
             if config_path is None:
@@ -180,8 +261,11 @@ class GatewayService(service.Service):
                 on_exit=self.metrics.process_ended,
             )
 
+    def _grace(self) -> float:
+        return self.config.timeouts.shutdown
+
     def privilegedStartService(self) -> None:
-        service.Service.privilegedStartService(self)
+        service.MultiService.privilegedStartService(self)
         if self.worker is None:
             _warn_about(self.config)
         process.raise_open_file_limit()
@@ -202,9 +286,7 @@ class GatewayService(service.Service):
     def startService(self) -> None:
         if self._listening is None:
             self.privilegedStartService()
-        service.Service.startService(self)
-        if self.watcher is not None:
-            self.watcher.start()
+        service.MultiService.startService(self)
         if self.handle_signals:
             self.reactor.callWhenRunning(SignalHandlers(self.reactor, self.reload).install)
 
@@ -215,19 +297,19 @@ class GatewayService(service.Service):
             return defer.succeed(None)
         return _listen_on(self.reactor, listen, build_metrics_site(self.metrics, self.reactor), "metrics.listen")
 
-    def _listened(self, port) -> defer.Deferred:
+    def _listened(self, port: IListeningPort) -> defer.Deferred:
+        PortService(port).setServiceParent(self)
         metrics = self._listen_for_metrics()
         metrics.addCallback(self._ready, port)
         return metrics
 
-    def _ready(self, metrics_port, port) -> None:
-        self.metrics_port = metrics_port
+    def _ready(self, metrics_port: Optional[IListeningPort], port: IListeningPort) -> None:
         if metrics_port is not None:
+            PortService(metrics_port).setServiceParent(self)
             _log.info("metrics at http://{address}/metrics", address=process.describe_address(metrics_port.getHost()))
-        self.port = port
         write_through(port)
         if self.workers is not None:
-            self.workers.start(port.fileno())
+            WorkersService(self.workers, IFileDescriptor(port).fileno()).setServiceParent(self)
         # The port is bound before the reactor runs (so that twistd can drop
         # privileges after binding), but until it runs no signal handler is
         # installed and a SIGINT or SIGTERM sent on seeing "ready" would be
@@ -289,48 +371,23 @@ class GatewayService(service.Service):
                 path=self.config_path,
             )
 
-    @defer.inlineCallbacks
-    def stopService(self):
-        service.Service.stopService(self)
-        if self.watcher is not None:
-            self.watcher.stop()
+    def stopService(self) -> defer.Deferred:
         if self.worker is None:
             process.sd_notify(b"STOPPING=1")
-        stopping = [self._stop_serving()]
-        if self.workers is not None:
-            stopping.append(self.workers.stop())
-        yield defer.gatherResults(stopping, consumeErrors=True)
+        # The children stop together, in reverse order: watcher, workers,
+        # ports (no more accepting), then the drain step.
+        stopped = service.MultiService.stopService(self)
+        stopped.addBoth(self._stopped)
+        return stopped
+
+    def _stopped(self, result: object) -> object:
         self._remove_shared_dir()
+        return result
 
     def _remove_shared_dir(self) -> None:
         """The first process made the metrics directory; it removes it."""
         if self.worker is None and self.shared_dir is not None:
             shutil.rmtree(self.shared_dir, ignore_errors=True)
-
-    @defer.inlineCallbacks
-    def _stop_serving(self):
-        if self.port is not None:
-            yield self.port.stopListening()
-            self.port = None
-        if self.metrics_port is not None:
-            yield self.metrics_port.stopListening()
-            self.metrics_port = None
-        in_flight = len(self.site.in_flight)
-        if in_flight:
-            _log.info(
-                "waiting up to {grace}s for {n} request(s) to finish", grace=self.config.timeouts.shutdown, n=in_flight
-            )
-            drained = self.site.drained()
-            timer = self.reactor.callLater(self.config.timeouts.shutdown, drained.cancel)
-            try:
-                yield drained
-            except defer.CancelledError:
-                _log.warn("cutting off {n} request(s) still running after the grace period", n=len(self.site.in_flight))
-                for request in list(self.site.in_flight):
-                    request.channel.transport.abortConnection()
-            else:
-                timer.cancel()
-        yield self.pool.closeCachedConnections()
 
 
 def _warn_about(config: configlib.Config) -> None:
@@ -410,7 +467,7 @@ def makeService(options: Options) -> service.IService:
     try:
         return GatewayService(
             config,
-            reactor,
+            cast(ISupervisorReactor, reactor),  # the global reactor provides it all
             path,
             handle_signals=True,
             relay_logs=True,
