@@ -7,7 +7,7 @@ channel calls with the headers alone, before any body byte is read.
 
 import json
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Optional, TypeVar, Union
+from typing import Optional, TypeVar, Union
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -23,10 +23,8 @@ from llmhop.extract import SMALL_BODY, Body, ModelError, extract_model, model_st
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
 from llmhop.routing import Route, RoutingTable
+from llmhop.site import GatewayRequest, ScreeningResource
 from llmhop.target import check_target
-
-if TYPE_CHECKING:
-    from llmhop.site import GatewayRequest
 
 T = TypeVar("T")
 
@@ -38,7 +36,7 @@ _READ_METHODS = (b"GET", b"HEAD")
 
 
 @attrs.define(eq=False, slots=False)
-class Gateway(resource.Resource):
+class Gateway(ScreeningResource):
     """Everything a request needs, shared by all requests of one process."""
 
     routes: RoutingTable

@@ -240,7 +240,9 @@ class GatewayService(service.MultiService):
         self.pool = build_pool(config, reactor)
         # Outlives reloads: counters go on counting.
         self.metrics = Metrics(self.shared_dir)
-        self.site = build_site(config, reactor, self.pool, access_log, self.metrics)
+        # The gateway serving new requests; a reload replaces it.
+        self.gateway = build_gateway(config, reactor, self.pool, self.metrics)
+        self.site = GatewaySite(self.gateway, config.timeouts, reactor, access_log, self.metrics)
         # Why the start failed: one line, naming the address and the fix.
         self.failure: Optional[str] = None
         self._listening: Optional[defer.Deferred] = None
@@ -356,8 +358,9 @@ class GatewayService(service.MultiService):
         )
         if self.worker is None:
             _warn_about(self.config)
-        gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.site.gateway.routes)
+        gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.gateway.routes)
         self.site.replace(gateway, self.config)
+        self.gateway = gateway
         self.pool.cachedConnectionTimeout = self.config.timeouts.keepAlive  # type: ignore[assignment]  # typed int
         _log.info(
             "config reloaded from {path}: {models}",

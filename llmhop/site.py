@@ -24,22 +24,19 @@ the client left) is read through L{llmhop.internals}.
 """
 
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
 
 from llmhop import config as configlib, errors, framing, internals
 from llmhop.accesslog import AccessLog, Outcome
 from llmhop.metrics import Metrics
 from llmhop.writethrough import WriteThroughMixin
-
-if TYPE_CHECKING:
-    from llmhop.gateway import Gateway
 
 # How long a rejected client may keep sending before it is cut off.
 LINGER_SECONDS = 2.0
@@ -377,6 +374,20 @@ class GatewayChannel(http.HTTPChannel):
             super().allContentReceived()
 
 
+class ScreeningResource(resource.Resource):
+    """The resource a L{GatewaySite} serves: one that can answer a request from its head alone.
+
+    L{llmhop.gateway.Gateway} is the one llmhop serves; the site knows it
+    only by this, so that the dependency runs one way.
+    """
+
+    max_body_bytes: int
+
+    def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
+        """The answer to a request that must not get past its headers (target, auth, declared size), or None."""
+        raise NotImplementedError
+
+
 class GatewaySite(server.Site):
     """The listening side's factory: what every channel and request of one process shares.
 
@@ -393,7 +404,7 @@ class GatewaySite(server.Site):
 
     def __init__(
         self,
-        gateway: "Gateway",
+        gateway: "ScreeningResource",
         timeouts: configlib.Timeouts,
         reactor: IReactorTime,
         access_log: Optional[AccessLog] = None,
@@ -414,7 +425,7 @@ class GatewaySite(server.Site):
         return self.gateway.max_body_bytes
 
     def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
-        """The answer to a request that must not get past its headers, or None (L{Gateway.screen})."""
+        """The answer to a request that must not get past its headers, or None (L{ScreeningResource.screen})."""
         return self.gateway.screen(target, headers, length)
 
     def log(self, request: http.Request) -> None:
@@ -429,7 +440,7 @@ class GatewaySite(server.Site):
             drained, self._drained = self._drained, None
             drained.callback(None)
 
-    def replace(self, gateway: "Gateway", config: configlib.Config) -> None:
+    def replace(self, gateway: "ScreeningResource", config: configlib.Config) -> None:
         """Serve new requests with C{gateway}; those under way keep the one they started with."""
         self.gateway = self.resource = gateway
         self.timeouts = config.timeouts
