@@ -238,3 +238,21 @@ def test_backend_connections_are_reused_then_closed_when_idle(make_router, backe
     idle_since = backend.connections[first]["opened"]
     closed = yield wait_for(lambda: backend.connections[first]["closed"], timeout=3)
     assert closed - idle_since >= 0.45
+
+
+def test_a_client_that_leaves_stops_the_scan_of_its_big_body():
+    """The scan of a big body is cancelled when its client leaves, not run to its end for nobody."""
+    from twisted.internet.defer import CancelledError
+    from twisted.python.failure import Failure
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from llmhop.extract import SMALL_BODY
+    from llmhop.gateway import _until_gone, model_of
+
+    request = DummyRequest([b"v1"])
+    body = b'{"pad": "' + b"x" * (2 * SMALL_BODY) + b'", "model": "m"}'
+    scan = _until_gone(model_of(body, b"application/json"), request)
+    failures = []
+    scan.addErrback(failures.append)
+    request.processingFailed(Failure(ConnectionError("client left")))
+    assert failures and failures[0].check(CancelledError)
