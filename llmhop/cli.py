@@ -3,12 +3,15 @@
 import argparse
 import os
 import sys
-from typing import Optional, cast
+from typing import TYPE_CHECKING, Callable, Optional, TextIO, cast
 
 from llmhop import __version__
 from llmhop.check import check
 from llmhop.config import load_or_exit, schema_text, with_workers
 from llmhop.errors import tell
+
+if TYPE_CHECKING:
+    from twisted.logger import LogEvent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,13 +79,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def log_observer(stream, system: Optional[str], plain: bool):
+def log_observer(stream: TextIO, system: Optional[str], plain: bool) -> "Callable[[LogEvent], None]":
     """Lines on C{stream}: classic ones (tagged with C{system}), or LEVEL-prefixed for a supervisor to relay."""
     from twisted.logger import formatEvent, textFileLogObserver
 
     if plain:
 
-        def observe(event):
+        def observe(event: "LogEvent") -> None:
             text = formatEvent(event)
             if "log_failure" in event:
                 text += "\n" + event["log_failure"].getTraceback()
@@ -96,7 +99,7 @@ def log_observer(stream, system: Optional[str], plain: bool):
     if system is None:
         return classic
 
-    def tagged(event):
+    def tagged(event: "LogEvent") -> None:
         if event.get("log_system", "-") == "-":
             event["log_system"] = system
         classic(event)
@@ -128,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     # Imported late so that --check stays fast: packagers run it at build time.
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
+    from twisted.logger import ILogObserver, globalLogBeginner
 
     system = "worker %d" % (worker or 1,) if worker or config.workers > 1 else None
     from llmhop.accesslog import DEFAULT_SYSTEM, AccessLog
@@ -158,7 +161,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         # reactor, and what was logged until now (Twisted's "starting on" of
         # an address that was bound) is never shown.
         return tell(gateway.failure)
-    globalLogBeginner.beginLoggingTo([log_observer(sys.stderr, system, args.log_plain)], redirectStandardIO=False)
+    # Any callable of one event observes; the stubs ask for the interface.
+    observer = cast(ILogObserver, log_observer(sys.stderr, system, args.log_plain))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()

@@ -31,7 +31,7 @@ from twisted.web.iweb import IResponse
 
 from llmhop import internals
 from llmhop.framing import TOKEN
-from llmhop.internals import HTTP11ClientFactory, HTTP11ClientProtocol, HTTPClientParser
+from llmhop.internals import HTTP11ClientFactory, HTTP11ClientProtocol, HTTPClientParser, Request
 
 # The end of a response head as Twisted's client finds it (LF line ends, CR optional).
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -58,7 +58,7 @@ class BackendProtocol(HTTP11ClientProtocol):
     _head: Optional[bytearray] = None
     _head_safe = True
 
-    def request(self, request) -> Deferred:
+    def request(self, request: Request) -> Deferred:
         self._head, self._head_safe = bytearray(), True
         answered = super().request(request)
         parser = internals.pending_parser(self)

@@ -11,13 +11,16 @@ import os
 import pkgutil
 import re
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 import attrs
 
 from llmhop import secrets
 from llmhop.errors import ConfigError, tell
+
+# Expands the secret references in a value found at a place of the file.
+Secret = Callable[[str, str], str]
 
 # The config's structure, written once: editors complete and validate with
 # this file (llmhop --print-schema), and the keys accepted here are its keys.
@@ -282,14 +285,14 @@ def listen_endpoint(listen: str, place: str = "listen") -> str:
     return listen
 
 
-def _models(value: Any, secret) -> dict[str, ModelConfig]:
+def _models(value: Any, secret: Secret) -> dict[str, ModelConfig]:
     models = _object(value, "models", required=True)
     if not models:
         raise ConfigError("models", "at least one model is required")
     return {name: _model(name, spec, secret) for name, spec in models.items()}
 
 
-def _model(name: str, value: Any, secret) -> ModelConfig:
+def _model(name: str, value: Any, secret: Secret) -> ModelConfig:
     place = "models.%s" % (name,)
     if not name:
         raise ConfigError(place, "model names must not be empty")
@@ -379,7 +382,7 @@ def _ascii_path(text: str, place: str) -> None:
         raise ConfigError(place, "the URL must be ASCII without spaces (use punycode and percent-encoding)")
 
 
-def _header(name: str, value: Any, place: str, secret) -> tuple[str, str]:
+def _header(name: str, value: Any, place: str, secret: Secret) -> tuple[str, str]:
     if not _TOKEN.fullmatch(name):
         raise ConfigError(place, "not a valid HTTP header name")
     if name.lower() in _UNSETTABLE:
@@ -390,7 +393,7 @@ def _header(name: str, value: Any, place: str, secret) -> tuple[str, str]:
     return name, expanded
 
 
-def _tokens(value: Any, secret) -> tuple[str, ...]:
+def _tokens(value: Any, secret: Secret) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError("authTokens", "expected a list of strings")
     tokens = []

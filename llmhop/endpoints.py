@@ -20,34 +20,41 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     wrapClientTLS,
 )
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.web.client import URI
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 
 @implementer(IAgentEndpointFactory)
 class CachedEndpointFactory:
     def __init__(
-        self, reactor, tls_policy, connect_timeout: float, sockets: Optional[Mapping[bytes, str]] = None
+        self,
+        reactor: IReactorTime,
+        tls_policy: IPolicyForHTTPS,
+        connect_timeout: float,
+        sockets: Optional[Mapping[bytes, str]] = None,
     ) -> None:
         self._reactor = reactor
         self._tls_policy = tls_policy
         self._timeout = connect_timeout
         # The made-up hosts of unix-socket backends (llmhop.routing) → paths.
         self._sockets = sockets or {}
-        self._endpoints: dict[tuple[bytes, bytes, int], object] = {}
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
-    def endpointForURI(self, uri):
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = self._build(uri)
         return endpoint
 
-    def _build(self, uri):
+    def _build(self, uri: URI) -> IStreamClientEndpoint:
         socket = self._sockets.get(uri.host)
         if socket is not None:
             return UNIXClientEndpoint(self._reactor, socket, timeout=self._timeout)
         host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
         try:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:

@@ -11,6 +11,7 @@ import sys
 from typing import Optional
 
 import attrs
+from twisted.web import http
 
 
 class ConfigError(Exception):
@@ -177,7 +178,7 @@ def upstream_timeout(model: str) -> ApiError:
     )
 
 
-def respond(request, error: ApiError) -> None:
+def respond(request: http.Request, error: ApiError) -> None:
     """Answer C{request} with C{error} and finish it."""
     body = error.body()
     request.setResponseCode(error.status)

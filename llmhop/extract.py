@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Generator
 from email.message import Message
-from typing import Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from llmhop.errors import ApiError, unroutable_body
 
@@ -36,6 +36,7 @@ _SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
 _OPENERS, _CLOSERS = (b"[", b"{"), (b"]", b"}")
 
 Steps = Generator[None, None, str]
+T = TypeVar("T")
 # A request body: the bytearray it was collected in, or bytes.
 Body = Union[bytes, bytearray]
 
@@ -63,7 +64,7 @@ def extract_model(body: Body, content_type: Optional[bytes]) -> str:
     return _run(model_steps(body, content_type))
 
 
-def _run(steps):
+def _run(steps: Generator[None, None, T]) -> T:
     """What a step generator returns, without handing the reactor back in between."""
     while True:
         try:
@@ -130,7 +131,7 @@ def _from_small_json(body: Body) -> str:
     return _model_value(document.get("model", None), "model" in document)
 
 
-def _model_value(value, present: bool) -> str:
+def _model_value(value: object, present: bool) -> str:
     if not present:
         raise ModelError("The request body has no 'model' field.")
     if not isinstance(value, str):
@@ -223,7 +224,7 @@ class _Scan:
             raise ModelError("The request body has no 'model' field.")
         return model
 
-    def decode(self, start: int, end: int):
+    def decode(self, start: int, end: int) -> Any:
         try:
             return json.loads(self.body[start:end])
         except ValueError:

@@ -207,19 +207,19 @@ def scan_in_slices(steps: Generator[None, None, T]) -> defer.Deferred:
 
     Cancelling the Deferred stops the scan.
     """
-    found = []
+    found: list[T] = []
 
-    def drive():
+    def drive() -> Generator[None, None, None]:
         found.append((yield from steps))
 
     task = cooperate(drive())
     result: defer.Deferred[T] = defer.Deferred(lambda _: task.stop())
 
-    def failed(failure):
+    def failed(failure: Failure) -> None:
         if not result.called and not failure.check(TaskStopped):
             result.errback(failure)
 
-    def done(_):
+    def done(_: object) -> None:
         if not result.called:
             result.callback(found[0])
 

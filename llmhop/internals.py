@@ -23,13 +23,14 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from twisted.web import http
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, HTTPParser
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, HTTPParser, Request
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 
 __all__ = [
     "HTTP11ClientProtocol",
     "HTTPClientParser",
+    "Request",
     "HTTP11ClientFactory",
     "WRITE_QUEUE_VISIBLE",
     "client_gone",

@@ -12,7 +12,7 @@ keep counting, the gauges count live processes only.
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Optional
 
 import attrs
@@ -181,7 +181,7 @@ class Metrics:
         children = self._route(model)
         return children.in_flight, children.queued
 
-    def routes_changed(self, names) -> None:
+    def routes_changed(self, names: Iterable[str]) -> None:
         """Show every configured route, at 0 until used."""
         for name in names:
             self._route(name)

@@ -10,7 +10,7 @@ of memory here.  A client that leaves cancels the backend request at once
 closes the backend connection so the inference server stops generating.
 """
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import attrs
 from OpenSSL import SSL
@@ -69,7 +69,7 @@ def _hop_by_hop(name: bytes, named: frozenset) -> bool:
     return name in _HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
-def upstream_headers(request, route: Route, strip_authorization: bool) -> Headers:
+def upstream_headers(request: "GatewayRequest", route: Route, strip_authorization: bool) -> Headers:
     """The headers to send to C{route}'s backend for the client's C{request} (Host is set per replica)."""
     incoming = request.requestHeaders
     named = _connection_tokens(incoming)
@@ -89,7 +89,7 @@ def upstream_headers(request, route: Route, strip_authorization: bool) -> Header
     if host is not None:
         chain = incoming.getRawHeaders(b"x-forwarded-for")
         ip = host.encode("ascii")
-        out.setRawHeaders(b"X-Forwarded-For", [b", ".join(chain + [ip]) if chain else ip])
+        out.setRawHeaders(b"X-Forwarded-For", [b", ".join([*chain, ip]) if chain else ip])
     out.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
     client_host = incoming.getRawHeaders(b"host")
     if client_host:
@@ -109,7 +109,7 @@ class BodyProducer:
 
     SLICE = 256 * 1024
 
-    def __init__(self, body) -> None:
+    def __init__(self, body: Union[bytes, bytearray]) -> None:
         self._body = memoryview(body)
         self.length = len(body)
         self._sent = 0

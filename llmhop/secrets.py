@@ -40,7 +40,7 @@ def expand(
         out.append(value)
 
 
-def _reference(text, dollar, place, environ, cwd):
+def _reference(text: str, dollar: int, place: str, environ: Mapping[str, str], cwd: Optional[str]) -> tuple[str, int]:
     """Resolve the reference starting at C{text[dollar]}; return (value, end)."""
     rest = text[dollar + 1 :]
     if rest.startswith("$"):
@@ -62,7 +62,7 @@ def _reference(text, dollar, place, environ, cwd):
     return _env(match.group(), place, environ), dollar + 1 + match.end()
 
 
-def _env(name, place, environ):
+def _env(name: str, place: str, environ: Mapping[str, str]) -> str:
     if not _NAME.fullmatch(name):
         raise ConfigError(place, "bad environment variable name in reference: %r" % (name,))
     try:
@@ -71,7 +71,7 @@ def _env(name, place, environ):
         raise ConfigError(place, "environment variable %s is not set" % (name,)) from None
 
 
-def _read_file(path, place, environ, cwd):
+def _read_file(path: str, place: str, environ: Mapping[str, str], cwd: Optional[str]) -> str:
     if not path:
         raise ConfigError(place, "empty path in ${file:} reference")
     base = environ.get("CREDENTIALS_DIRECTORY") or cwd or os.getcwd()

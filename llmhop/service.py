@@ -10,15 +10,16 @@ period and then cuts off whatever is left.
 import os
 import shutil
 from collections.abc import Generator
-from typing import Callable, Optional, cast
+from typing import Callable, NoReturn, Optional, cast
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IFileDescriptor, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IFileDescriptor, IListeningPort, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.web import http, resource as webresource, server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
@@ -45,13 +46,13 @@ MAX_PERSISTENT_PER_BACKEND = 512
 _log = Logger()
 
 
-def build_pool(config: configlib.Config, reactor) -> HTTPConnectionPool:
+def build_pool(config: configlib.Config, reactor: IReactorTime) -> HTTPConnectionPool:
     return client.build_pool(reactor, MAX_PERSISTENT_PER_BACKEND, config.timeouts.keepAlive)
 
 
 def build_gateway(
     config: configlib.Config,
-    reactor,
+    reactor: IReactorTime,
     pool: HTTPConnectionPool,
     metrics: Optional[Metrics] = None,
     previous: Optional[RoutingTable] = None,
@@ -102,7 +103,7 @@ class MetricsPage(webresource.Resource):
         super().__init__()
         self.metrics = metrics
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request: http.Request) -> bytes:
         if request.path != b"/metrics":
             request.setResponseCode(404)
             return b"Not found: metrics are at /metrics\n"
@@ -318,12 +319,12 @@ class GatewayService(service.MultiService):
         # lost or fatal: say it only then.
         self.reactor.callWhenRunning(self._announce, port)
 
-    def _announce(self, port) -> None:
+    def _announce(self, port: IListeningPort) -> None:
         _log.info("llmhop listening on {address}", address=process.describe_address(port.getHost()))
         if self.worker is None:
             process.sd_notify(b"READY=1")
 
-    def _cannot_listen(self, failure) -> None:
+    def _cannot_listen(self, failure: Failure) -> None:
         """Remember why; C{llmhop} prints it before its reactor runs, else it is logged once running."""
         why = failure.getErrorMessage()
         self.failure = why if failure.check(StartupError) else "listen %s: %s" % (self.config.listen, why)
@@ -398,7 +399,9 @@ def _warn_about(config: configlib.Config) -> None:
         _log.warn("{warning}", warning=warning)
 
 
-def _listen_on(reactor, description: str, factory, place: str, bind: Optional[str] = None) -> defer.Deferred:
+def _listen_on(
+    reactor: IReactorTime, description: str, factory: IProtocolFactory, place: str, bind: Optional[str] = None
+) -> defer.Deferred:
     """Bind C{description} (as C{bind}, with options added) for C{factory}.
 
     A failure is a L{StartupError} of one line.
@@ -415,7 +418,7 @@ def _listen_on(reactor, description: str, factory, place: str, bind: Optional[st
     return listening
 
 
-def _bind_failed(failure, description: str, place: str):
+def _bind_failed(failure: Failure, description: str, place: str) -> NoReturn:
     raise StartupError(bind_failure(description, failure.value, place))
 
 

@@ -15,6 +15,7 @@ import os
 from typing import Callable, Optional
 
 from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 # Often enough to follow an edit within seconds, rarely enough to cost nothing.
@@ -37,7 +38,9 @@ def identity(path: str) -> Optional[Identity]:
 class ConfigWatcher:
     """Calls C{changed} when the file at C{path} is another file, or the same one changed."""
 
-    def __init__(self, reactor, path: str, changed: Callable[[], None], interval: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, reactor: IReactorTime, path: str, changed: Callable[[], None], interval: float = POLL_SECONDS
+    ) -> None:
         self.path = path
         self.changed = changed
         self.interval = interval

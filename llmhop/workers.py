@@ -21,14 +21,26 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Generator, Mapping
+from types import FrameType
 from typing import Callable, Optional
 
 import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone
-from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from llmhop import internals
 from llmhop.config import Config
@@ -58,7 +70,7 @@ def worker_argv(config_path: str, index: int, parent_pid: int, relay_logs: bool)
     return argv + ["--log-plain"] if relay_logs else argv
 
 
-def worker_environ(environ=os.environ) -> dict[str, str]:
+def worker_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     result = {name: value for name, value in environ.items() if name not in _FOREIGN_ENVIRON}
     # A checkout run without installing must stay importable in the worker;
     # an installed one is found anyway (and site directories must not move
@@ -94,14 +106,14 @@ class _WorkerProtocol(protocol.ProcessProtocol):
             level, text = LogLevel.info, line.decode("utf-8", "replace")
         _log.emit(level, "{line}", line=text, log_system=self.system)
 
-    def processEnded(self, reason) -> None:
+    def processEnded(self, reason: Failure) -> None:
         if self._partial:
             self._relay(self._partial)
         self.pool.worker_ended(self, reason.value)
         self.ended.callback(None)
 
 
-class ISupervisorReactor(IReactorProcess, IReactorTime, IReactorCore, IReactorThreads):
+class ISupervisorReactor(IReactorProcess, IReactorTime, IReactorCore, IReactorThreads, IReactorSocket):
     """What the reactor of a supervising process provides (any real reactor does)."""
 
 
@@ -117,10 +129,10 @@ class WorkerPool:
     # Told the pid of every worker that ended (its metrics stop counting as live).
     on_exit: Optional[Callable[[int], None]] = None
     _listen_fd: Optional[int] = None
-    _workers: dict[int, protocol.ProcessProtocol] = attrs.Factory(dict)
+    _workers: dict[int, _WorkerProtocol] = attrs.Factory(dict)
     _started_at: dict[int, float] = attrs.Factory(dict)
     _delays: dict[int, float] = attrs.Factory(dict)
-    _pending: dict[int, object] = attrs.Factory(dict)
+    _pending: dict[int, IDelayedCall] = attrs.Factory(dict)
     _stopping: bool = False
 
     def start(self, listen_fd: int) -> None:
@@ -147,7 +159,7 @@ class WorkerPool:
         self._started_at[index] = self.reactor.seconds()
         _log.info("started worker {index} (pid {pid})", index=index, pid=process.pid)
 
-    def worker_ended(self, worker: _WorkerProtocol, why) -> None:
+    def worker_ended(self, worker: _WorkerProtocol, why: BaseException) -> None:
         index = worker.index
         if self.on_exit is not None and worker.pid is not None:
             self.on_exit(worker.pid)
@@ -179,7 +191,7 @@ class WorkerPool:
                 worker.transport.signalProcess(signame)
 
     @defer.inlineCallbacks
-    def stop(self):
+    def stop(self) -> Generator[defer.Deferred, object, None]:
         """SIGTERM to every worker; SIGKILL to those still there after their grace period."""
         self._stopping = True
         for pending in self._pending.values():
@@ -196,7 +208,9 @@ class WorkerPool:
             killer.cancel()
 
 
-def adopt_listening(reactor, config: Config, factory, fd: int = INHERITED_FD):
+def adopt_listening(
+    reactor: IReactorSocket, config: Config, factory: IProtocolFactory, fd: int = INHERITED_FD
+) -> IListeningPort:
     """Listen on the socket a supervisor passed as C{fd}, with TLS when C{listen} asks for it."""
     if config.listen.partition(":")[0] == "ssl":
         from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -214,7 +228,8 @@ def adopt_listening(reactor, config: Config, factory, fd: int = INHERITED_FD):
         probe = socket.socket(fileno=fd)
         family = probe.family
         probe.detach()
-        port = reactor.adoptStreamPort(fd, family, factory)
+        # Twisted's stubs ask for a ServerFactory; any protocol factory serves.
+        port = reactor.adoptStreamPort(fd, family, factory)  # type: ignore[arg-type]
     finally:
         socket.setdefaulttimeout(previous)
     os.close(fd)  # adoptStreamPort listens on a duplicate
@@ -257,8 +272,8 @@ class SignalHandlers:
     def _mark_stopping(self) -> None:
         self._stopping = True
 
-    def _once(self, twisted_handler):
-        def handler(signum, frame):
+    def _once(self, twisted_handler: object) -> Callable[[int, Optional[FrameType]], None]:
+        def handler(signum: int, frame: Optional[FrameType]) -> None:
             if self._stopping:
                 return
             self._stopping = True

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Optional
 
 from twisted.internet import tcp, unix
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IListeningPort
 
 from llmhop import internals
 
@@ -40,7 +40,7 @@ class WriteThroughMixin(_Transport):
     _corked: Optional[list[bytes]] = None
     _host: Optional[IAddress] = None
 
-    def getHost(self):
+    def getHost(self) -> IAddress:
         # twisted.web asks for every request, and each time is a getsockname().
         if self._host is None:
             self._host = super().getHost()
@@ -94,8 +94,7 @@ class WriteThroughUNIXServer(WriteThroughMixin, unix.Server):
 _WRITE_THROUGH = {tcp.Server: WriteThroughTCPServer, unix.Server: WriteThroughUNIXServer}
 
 
-def write_through(port) -> None:
+def write_through(port: IListeningPort) -> None:
     """Make the connections C{port} accepts from now on write through (TCP and UNIX ports)."""
-    transport = getattr(port, "transport", None)
-    if AVAILABLE and transport in _WRITE_THROUGH:
-        port.transport = _WRITE_THROUGH[transport]
+    if AVAILABLE and isinstance(port, (tcp.Port, unix.Port)) and port.transport in _WRITE_THROUGH:
+        port.transport = _WRITE_THROUGH[port.transport]
