@@ -51,12 +51,12 @@ class Gateway(ScreeningResource):
     def __attrs_post_init__(self) -> None:
         resource.Resource.__init__(self)
 
-    def screen(self, uri: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
+    def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
         """The answer to a request that must not get past its headers, or None."""
-        invalid = check_target(uri)
+        invalid = check_target(target)
         if invalid is not None:
             return invalid
-        path = uri.partition(b"?")[0]
+        path = target.partition(b"?")[0]
         open_path = path in HEALTH_PATHS or (path == METRICS_PATH and self.public_metrics)
         if not open_path and not self.auth.allows(headers.getRawHeaders(b"authorization")):
             return errors.unauthorized()

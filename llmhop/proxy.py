@@ -188,7 +188,7 @@ class Attempts:
         C{DONE} once a replica answered, the last one failed or the loop was
         cancelled.
     @ivar replica: the index of the replica tried last; the caller gives its
-        in-flight count back (L{Exchange._leave_replica}).
+        in-flight count back (L{leave_replica}).
     """
 
     TRYING, DONE = "TRYING", "DONE"
@@ -235,7 +235,7 @@ class Attempts:
             # request reached it, so the next one may have it.
             url = self.route.replicas[self.replica].url
             self.route.health[self.replica].failed_until = self.upstream.reactor.seconds() + self.upstream.cooldown
-            self._leave_replica()
+            self.leave_replica()
             if len(self._tried) < len(self.route.replicas):
                 self.upstream.failed(self.route, _failure_kind(reason))
                 _log.info(
@@ -256,7 +256,8 @@ class Attempts:
         if pending is not None:
             pending.cancel()
 
-    def _leave_replica(self) -> None:
+    def leave_replica(self) -> None:
+        """Give back the in-flight count of the replica tried last (once)."""
         if self.replica is not None:
             self.route.health[self.replica].in_flight -= 1
             self.replica = None
@@ -302,11 +303,8 @@ class Exchange:
 
     def _ended(self, _: object) -> None:
         self.upstream.in_flight(self.route, -1)
-        self._leave_replica()
-
-    def _leave_replica(self) -> None:
         if self._attempts is not None:
-            self._attempts._leave_replica()
+            self._attempts.leave_replica()
 
     def _client_left(self, reason: Failure) -> None:
         state, self._state = self._state, self.DONE
