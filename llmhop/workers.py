@@ -277,8 +277,12 @@ class SignalHandlers:
             if self._stopping:
                 return
             self._stopping = True
+            # Handed to the reactor, never run here: the signal may have come
+            # while this thread was half-way into taking a lock (twisted.logger's
+            # file observer takes one per line), and Twisted's handler logs.
+            # callFromThread is safe to call from a signal handler.
             if callable(twisted_handler):
-                twisted_handler(signum, frame)
+                self.reactor.callFromThread(twisted_handler, signum, frame)
             else:
                 self.reactor.callFromThread(self.reactor.stop)
 
