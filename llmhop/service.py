@@ -83,17 +83,6 @@ def build_gateway(
     )
 
 
-def build_site(
-    config: configlib.Config,
-    reactor: IReactorTime,
-    pool: HTTPConnectionPool,
-    access_log: Optional[AccessLog] = None,
-    metrics: Optional[Metrics] = None,
-) -> GatewaySite:
-    metrics = metrics or Metrics()
-    return GatewaySite(build_gateway(config, reactor, pool, metrics), config.timeouts, reactor, access_log, metrics)
-
-
 class MetricsPage(webresource.Resource):
     """/metrics alone, for metrics.listen: an address of its own, without client tokens."""
 

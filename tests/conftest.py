@@ -11,10 +11,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from llmhop import config as configlib
-from llmhop.service import build_pool, build_site
+from llmhop.service import build_pool
 from llmhop.writethrough import write_through
 from tests import backend as backendlib
-from tests.helpers import dead_url
+from tests.helpers import build_site, dead_url
 
 
 @pytest.fixture

@@ -8,6 +8,10 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 
+from llmhop.metrics import Metrics
+from llmhop.service import build_gateway
+from llmhop.site import GatewaySite
+
 
 def dead_url():
     """An http URL at which nothing listens."""
@@ -65,3 +69,10 @@ def scrape(router, headers=None):
         return samples
 
     return get()
+
+
+def build_site(config, clock, pool):
+    """The site GatewayService serves, for in-process tests: gateway and metrics made as the service makes them."""
+    metrics = Metrics()
+    gateway = build_gateway(config, clock, pool, metrics)
+    return GatewaySite(gateway, config.timeouts, clock, None, metrics)

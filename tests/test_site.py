@@ -11,8 +11,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from llmhop import config as configlib
-from llmhop.service import build_pool, build_site
+from llmhop.service import build_pool
 from llmhop.site import BODY_BYTES_PER_SECOND, LINGER_SECONDS, GatewayChannel
+from tests.helpers import build_site
 
 HEAD, BODY = 10.0, 30.0
 
