@@ -44,6 +44,7 @@ _TOP_KEYS = _keys(_SCHEMA)
 _TIMEOUT_KEYS = _keys(_SCHEMA["properties"]["timeouts"])
 _METRICS_KEYS = _keys(_SCHEMA["properties"]["metrics"])
 _MODEL_KEYS = _keys(_SCHEMA["$defs"]["model"])
+_HEALTH_KEYS = _keys(_SCHEMA["$defs"]["healthCheck"])
 
 DEFAULT_LISTEN = ":8080"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -98,6 +99,29 @@ class Timeouts:
     keepAlive: float = 4.0
     # A replica whose connection failed is skipped this long (passive health).
     replicaCooldown: float = 10.0
+    # On SIGTERM: keep serving this long with /ready at 503, so that load
+    # balancers stop sending, before the listening socket closes (SPEC §6).
+    drainDelay: float = 0.0
+
+
+# Timeouts that may be 0 (off).
+_MAY_BE_ZERO = frozenset({"drainDelay"})
+
+POLICIES = ("least-in-flight", "prefix-affinity", "session-affinity")
+DEFAULT_RETRY_ON = (429, 503)
+DEFAULT_AFFINITY_BYTES = 2048
+DEFAULT_AFFINITY_HEADER = "X-Session-Id"
+
+
+@attrs.frozen
+class HealthCheck:
+    """Active health checks of a model's replicas (SPEC §6); the defaults are the spec's."""
+
+    path: str = "/health"
+    interval: float = 5.0
+    timeout: float = 2.0
+    # Consecutive failed probes that take a replica down; one success brings it up.
+    failures: int = 2
 
 
 @attrs.frozen
@@ -115,6 +139,14 @@ class ModelConfig:
     unlisted: bool = False
     max_concurrent: Optional[int] = None
     max_queued: int = DEFAULT_MAX_QUEUED
+    health_check: Optional[HealthCheck] = None
+    # A replica answering one of these is passed over for the next (SPEC §6).
+    retry_on: frozenset[int] = frozenset(DEFAULT_RETRY_ON)
+    # Other routes, tried in order when this one cannot take the request.
+    fallbacks: tuple[str, ...] = ()
+    policy: str = "least-in-flight"
+    affinity_bytes: int = DEFAULT_AFFINITY_BYTES
+    affinity_header: str = DEFAULT_AFFINITY_HEADER
 
     @property
     def url(self) -> str:
@@ -289,7 +321,25 @@ def _models(value: Any, secret: Secret) -> dict[str, ModelConfig]:
     models = _object(value, "models", required=True)
     if not models:
         raise ConfigError("models", "at least one model is required")
-    return {name: _model(name, spec, secret) for name, spec in models.items()}
+    parsed = {name: _model(name, spec, secret) for name, spec in models.items()}
+    for model in parsed.values():
+        _check_fallbacks(model, parsed)
+    return parsed
+
+
+def _check_fallbacks(model: ModelConfig, models: Mapping[str, ModelConfig]) -> None:
+    for index, name in enumerate(model.fallbacks):
+        place = "models.%s.fallbacks[%d]" % (model.name, index)
+        if name not in models:
+            raise ConfigError(place, "no model %r is configured" % (name,))
+        if name == model.name:
+            raise ConfigError(place, "a model cannot fall back to itself")
+        if models[name].prefix is not None and models[name].upstream_model is None:
+            raise ConfigError(
+                place, "a prefix route names no model to put in the body: give it a model setting, or name another"
+            )
+        if name in model.fallbacks[:index]:
+            raise ConfigError(place, "listed twice")
 
 
 def _model(name: str, value: Any, secret: Secret) -> ModelConfig:
@@ -326,7 +376,58 @@ def _model(name: str, value: Any, secret: Secret) -> ModelConfig:
         if max_concurrent is None
         else _positive_int(max_concurrent, place + ".maxConcurrentRequests"),
         max_queued=_count(spec.get("maxQueuedRequests", DEFAULT_MAX_QUEUED), place + ".maxQueuedRequests"),
+        health_check=_health_check(spec.get("healthCheck", False), place + ".healthCheck"),
+        retry_on=_retry_on(spec.get("retryOn", list(DEFAULT_RETRY_ON)), place + ".retryOn"),
+        fallbacks=_fallbacks(spec.get("fallbacks", []), place + ".fallbacks"),
+        policy=_policy(spec.get("policy", POLICIES[0]), place + ".policy"),
+        affinity_bytes=_positive_int(spec.get("affinityBytes", DEFAULT_AFFINITY_BYTES), place + ".affinityBytes"),
+        affinity_header=_header_name(spec.get("affinityHeader", DEFAULT_AFFINITY_HEADER), place + ".affinityHeader"),
     )
+
+
+def _health_check(value: Any, place: str) -> Optional[HealthCheck]:
+    """C{false}: none; C{true}: the defaults; an object: the defaults with its keys."""
+    if isinstance(value, bool):
+        return HealthCheck() if value else None
+    spec = _object(value, place)
+    _known(spec, place, _HEALTH_KEYS)
+    check = HealthCheck()
+    path = _string(spec.get("path", check.path), place + ".path")
+    if not path.startswith("/") or not path.isascii() or any(c.isspace() or c in "#\0" for c in path):
+        raise ConfigError(place + ".path", "expected an ASCII path starting with /, without spaces or #")
+    return HealthCheck(
+        path=path,
+        interval=_positive_number(spec.get("interval", check.interval), place + ".interval"),
+        timeout=_positive_number(spec.get("timeout", check.timeout), place + ".timeout"),
+        failures=_positive_int(spec.get("failures", check.failures), place + ".failures"),
+    )
+
+
+def _retry_on(value: Any, place: str) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise ConfigError(place, "expected a list of HTTP statuses, such as [429, 503]; [] turns retries off")
+    for index, status in enumerate(value):
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ConfigError("%s[%d]" % (place, index), "expected an error status, 400 to 599")
+    return frozenset(value)
+
+
+def _fallbacks(value: Any, place: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(place, "expected a list of model names")
+    return tuple(_string(name, "%s[%d]" % (place, index)) for index, name in enumerate(value))
+
+
+def _policy(value: Any, place: str) -> str:
+    if value not in POLICIES:
+        raise ConfigError(place, "expected one of: %s" % (", ".join(POLICIES),))
+    return str(value)
+
+
+def _header_name(value: Any, place: str) -> str:
+    if not _TOKEN.fullmatch(_string(value, place)):
+        raise ConfigError(place, "not a valid HTTP header name")
+    return str(value)
 
 
 def _urls(value: Any, place: str) -> tuple[str, ...]:
@@ -417,7 +518,13 @@ def _tokens(value: Any, secret: Secret) -> tuple[str, ...]:
 def _timeouts(value: Any) -> Timeouts:
     spec = _object(value, "timeouts")
     _known(spec, "timeouts", _TIMEOUT_KEYS)
-    return Timeouts(**{k: _positive_number(v, "timeouts." + k) for k, v in spec.items()})
+    return Timeouts(**{k: _seconds(v, "timeouts." + k, k in _MAY_BE_ZERO) for k, v in spec.items()})
+
+
+def _seconds(value: Any, place: str, may_be_zero: bool) -> float:
+    if may_be_zero and not isinstance(value, bool) and value == 0:
+        return 0.0
+    return _positive_number(value, place)
 
 
 def _known(spec: Mapping[str, Any], place: str, keys: set) -> None:

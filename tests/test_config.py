@@ -230,3 +230,43 @@ def test_placeholder_client_tokens_are_refused(token):
 @pytest.mark.parametrize("token", ["replace-me-3f9c1a", "sk-token-123", "secret-sauce", "tok", "x1"])
 def test_tokens_that_only_contain_such_words_are_fine(token):
     assert configlib.parse({"authTokens": [token], "models": MODELS}, {}).auth_tokens == (token,)
+
+
+@pytest.mark.parametrize(
+    "model, error",
+    [
+        ({"healthCheck": "yes"}, "models.m.healthCheck: expected an object"),
+        ({"healthCheck": {"path": "health"}}, "models.m.healthCheck.path: expected an ASCII path starting with /"),
+        ({"healthCheck": {"interval": 0}}, "models.m.healthCheck.interval: expected a positive number"),
+        ({"healthCheck": {"timeout": -1}}, "models.m.healthCheck.timeout: expected a positive number"),
+        ({"healthCheck": {"failures": 0}}, "models.m.healthCheck.failures: expected a positive integer"),
+        ({"healthCheck": {"every": 1}}, "models.m.healthCheck.every: unknown key"),
+        ({"retryOn": 503}, "models.m.retryOn: expected a list of HTTP statuses"),
+        ({"retryOn": [503, 200]}, "models.m.retryOn[1]: expected an error status, 400 to 599"),
+        ({"fallbacks": "n"}, "models.m.fallbacks: expected a list of model names"),
+        ({"fallbacks": ["nope"]}, "models.m.fallbacks[0]: no model 'nope' is configured"),
+        ({"fallbacks": ["m"]}, "models.m.fallbacks[0]: a model cannot fall back to itself"),
+        ({"fallbacks": ["n", "n"]}, "models.m.fallbacks[1]: listed twice"),
+        ({"fallbacks": ["p/*"]}, "models.m.fallbacks[0]: a prefix route names no model"),
+        ({"policy": "random"}, "models.m.policy: expected one of: least-in-flight, prefix-affinity"),
+        ({"affinityBytes": 0}, "models.m.affinityBytes: expected a positive integer"),
+        ({"affinityHeader": "X Session"}, "models.m.affinityHeader: not a valid HTTP header name"),
+    ],
+)
+def test_fleet_keys_are_checked(model, error):
+    models = {"m": {"url": "http://a", **model}, "n": {"url": "http://b"}, "p/*": {"url": "http://c"}}
+    with pytest.raises(ConfigError) as caught:
+        configlib.parse({"models": models}, {})
+    assert str(caught.value).startswith(error)
+
+
+def test_fleet_keys_default_to_the_simple_case():
+    model = configlib.parse({"models": {"m": {"url": "http://a"}}}, {}).models["m"]
+    assert model.health_check is None and model.retry_on == {429, 503} and model.fallbacks == ()
+    assert (model.policy, model.affinity_bytes, model.affinity_header) == ("least-in-flight", 2048, "X-Session-Id")
+    check = configlib.parse({"models": {"m": {"url": "http://a", "healthCheck": True}}}, {}).models["m"].health_check
+    assert check == configlib.HealthCheck("/health", 5.0, 2.0, 2)
+    timeouts = configlib.parse({"models": {"m": {"url": "http://a"}}, "timeouts": {"drainDelay": 0}}, {}).timeouts
+    assert timeouts.drainDelay == 0.0
+    with pytest.raises(ConfigError, match="timeouts.drainDelay: expected a positive number"):
+        configlib.parse({"models": {"m": {"url": "http://a"}}, "timeouts": {"drainDelay": -1}}, {})

@@ -45,8 +45,14 @@ def test_the_schema_has_every_key_with_llmhops_defaults():
     assert top["workers"]["maximum"] == configlib.MAX_WORKERS
     assert top["metrics"]["properties"]["public"]["default"] == configlib.MetricsConfig().public
     assert MODEL["maxQueuedRequests"]["default"] == configlib.DEFAULT_MAX_QUEUED
+    check = SCHEMA["$defs"]["healthCheck"]["properties"]
+    assert {name: spec["default"] for name, spec in check.items()} == attrs.asdict(configlib.HealthCheck())
+    assert MODEL["retryOn"]["default"] == list(configlib.DEFAULT_RETRY_ON)
+    assert MODEL["policy"]["enum"] == list(configlib.POLICIES) and MODEL["policy"]["default"] == configlib.POLICIES[0]
+    assert MODEL["affinityBytes"]["default"] == configlib.DEFAULT_AFFINITY_BYTES
+    assert MODEL["affinityHeader"]["default"] == configlib.DEFAULT_AFFINITY_HEADER
     # Every key says what it is, for an editor's completion.
-    described = [top, timeouts, top["metrics"]["properties"], MODEL]
+    described = [top, timeouts, top["metrics"]["properties"], MODEL, SCHEMA["$defs"]["healthCheck"]["properties"]]
     assert all(spec.get("description") for keys in described for spec in keys.values())
 
 
@@ -111,6 +117,23 @@ MODEL_VALUES = {
     "unlisted": mostly(st.booleans()),
     "maxConcurrentRequests": mostly(st.integers(0, 3)),
     "maxQueuedRequests": mostly(st.integers(-1, 3)),
+    "healthCheck": mostly(
+        st.booleans()
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "path": st.sampled_from(["/health", "health", "/a b"]),
+                "interval": st.floats(-1, 10),
+                "failures": st.integers(0, 3),
+                "x": ANY,
+            },
+        )
+    ),
+    "retryOn": mostly(st.lists(st.sampled_from([429, 503, 200, 600]), max_size=3)),
+    "fallbacks": mostly(st.lists(st.sampled_from(["m", "n", "o/*"]), max_size=2)),
+    "policy": mostly(st.sampled_from(["least-in-flight", "prefix-affinity", "session-affinity", "random"])),
+    "affinityBytes": mostly(st.integers(0, 3)),
+    "affinityHeader": mostly(st.sampled_from(["X-Session-Id", "Bad Name"])),
     "bogus": ANY,
 }
 MODEL_ENTRY = st.fixed_dictionaries({"url": mostly(st.one_of(URLS, st.lists(URLS, max_size=3)))}, optional=MODEL_VALUES)
@@ -123,7 +146,9 @@ TOP = st.fixed_dictionaries(
         "authTokens": mostly(st.lists(st.sampled_from(["tok-1", "", "${env:X}"]), max_size=2)),
         "maxBodyBytes": mostly(st.integers(0, 10)),
         "workers": mostly(st.integers(0, 3) | st.integers(250, 260)),
-        "timeouts": mostly(st.dictionaries(st.sampled_from(["connect", "idle", "nope"]), st.floats(0, 10), max_size=2)),
+        "timeouts": mostly(
+            st.dictionaries(st.sampled_from(["connect", "idle", "drainDelay", "nope"]), st.floats(-1, 10), max_size=2)
+        ),
         "metrics": mostly(
             st.fixed_dictionaries(
                 {}, optional={"public": mostly(st.booleans()), "listen": mostly(st.just("tcp:9")), "x": ANY}
