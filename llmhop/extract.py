@@ -7,11 +7,16 @@ transcription, image edits) the last ``model`` text field wins, as in the
 form parsers that vLLM and the OpenAI-compatible servers use.
 """
 
+import contextlib
 import json
 import re
 from collections.abc import Generator
 from email.message import Message
 from typing import Any, Optional, TypeVar, Union
+
+from twisted.internet import defer
+from twisted.internet.task import TaskStopped, cooperate
+from twisted.python.failure import Failure
 
 from llmhop.errors import ApiError, unroutable_body
 
@@ -34,6 +39,11 @@ _WS = re.compile(rb"[ \t\n\r]*")
 _BRACKETS = re.compile(rb"[\[\]{}]")
 _SCALAR_END = re.compile(rb"[,}\] \t\n\r]")
 _OPENERS, _CLOSERS = (b"[", b"{"), (b"]", b"}")
+
+# Top-level keys whose values the affinity policies read (SPEC §6), recorded
+# by the same walk that finds the model: name → (start, end) in the body.
+KEYED = ("messages", "prompt", "input", "user")
+Spans = dict[str, tuple[int, int]]
 
 Steps = Generator[None, None, str]
 T = TypeVar("T")
@@ -73,17 +83,33 @@ def _run(steps: Generator[None, None, T]) -> T:
             return done.value
 
 
-def model_steps(body: Body, content_type: Optional[bytes]) -> Steps:
+def model_steps(body: Body, content_type: Optional[bytes], spans: Optional[Spans] = None) -> Steps:
     """The model of C{body}, as a generator that yields between bounded steps.
 
     Run it with C{twisted.internet.task.cooperate} for large bodies so that
-    other connections are served while a 100 MiB body is scanned.
+    other connections are served while a 100 MiB body is scanned.  A large
+    JSON body's walk fills C{spans} with where the L{KEYED} values lie.
     """
     if content_type is not None and _media_type(content_type) == MULTIPART:
         return _from_multipart(body, content_type)
     if len(body) <= SMALL_BODY:
         return _from_small_json(body)
-    return (yield from _from_large_json(body))
+    return (yield from _from_large_json(body, spans))
+
+
+def keyed_spans(body: Body, content_type: Optional[bytes]) -> Spans:
+    """Where the top-level L{KEYED} values of a JSON body lie, in one go; empty for other bodies.
+
+    For bodies up to L{SMALL_BODY}, which were routed with json.loads and not
+    walked; a larger one's spans come from its model scan.
+    """
+    spans: Spans = {}
+    if content_type is not None and _media_type(content_type) == MULTIPART:
+        return spans
+    # A body without a model was refused before; the spans found so far stand.
+    with contextlib.suppress(ModelError, IndexError):
+        _run(_Scan(body, spans).model_span())
+    return spans
 
 
 def rename_steps(body: Body, content_type: Optional[bytes], name: str) -> Generator[None, None, bytes]:
@@ -139,7 +165,7 @@ def _model_value(value: object, present: bool) -> str:
     return value
 
 
-def _from_large_json(body: Body) -> Steps:
+def _from_large_json(body: Body, spans: Optional[Spans] = None) -> Steps:
     """Walk the top-level object only, skipping nested values at C speed.
 
     For a valid document the result is what json.loads gives: the last
@@ -147,7 +173,7 @@ def _from_large_json(body: Body) -> Steps:
     itself.  Only the top-level structure is checked: a body that is invalid
     deeper inside is forwarded, and the backend's own parser refuses it.
     """
-    scan = _Scan(body)
+    scan = _Scan(body, spans)
     try:
         return (yield from scan.top_level_model())
     except IndexError:
@@ -155,10 +181,11 @@ def _from_large_json(body: Body) -> Steps:
 
 
 class _Scan:
-    def __init__(self, body: Body) -> None:
+    def __init__(self, body: Body, spans: Optional[Spans] = None) -> None:
         self.body = body
         self.end = len(body)
         self.steps = 0
+        self.spans = spans
 
     def step(self) -> bool:
         """Count a step; True when it is time to hand the reactor back."""
@@ -203,14 +230,16 @@ class _Scan:
                 if self.char(pos) != b'"':
                     raise self.invalid()
                 key_end = yield from self.string_end(pos)
-                is_model = key_end - pos <= 64 and self.decode(pos, key_end) == "model"
+                key = self.decode(pos, key_end) if key_end - pos <= 64 else None
                 pos = yield from self.whitespace(key_end)
                 if self.char(pos) != b":":
                     raise self.invalid()
                 start = yield from self.whitespace(pos + 1)
                 pos = yield from self.value_end(start)
-                if is_model:
+                if key == "model":
                     model = (start, pos)
+                elif self.spans is not None and key in KEYED:
+                    self.spans[key] = (start, pos)
                 pos = yield from self.whitespace(pos)
                 separator = self.char(pos)
                 pos = yield from self.whitespace(pos + 1)
@@ -378,3 +407,46 @@ def _field_name(head: Body) -> Optional[str]:
             field = message.get_param("name", header="content-disposition")
             return field if isinstance(field, str) else None
     return None
+
+
+def model_of(body: Body, content_type: Optional[bytes], spans: Optional[Spans] = None) -> Union[str, defer.Deferred]:
+    """The model C{body} names: at once for a small body, else a Deferred of the scan in slices.
+
+    L{ModelError} when there is none (raised, or the Deferred's failure).
+    A big body's scan fills C{spans} (see L{model_steps}).
+    """
+    if len(body) <= SMALL_BODY:
+        return extract_model(body, content_type)
+    return scan_in_slices(model_steps(body, content_type, spans))
+
+
+def renamed(body: Body, content_type: Optional[bytes], name: str) -> Union[bytes, defer.Deferred]:
+    """C{body} naming model C{name}: at once for a small body, else a Deferred of the rewrite in slices."""
+    if len(body) <= SMALL_BODY:
+        return rename(body, content_type, name)
+    return scan_in_slices(rename_steps(body, content_type, name))
+
+
+def scan_in_slices(steps: Generator[None, None, T]) -> defer.Deferred:
+    """Run a scanning generator with task.cooperate, so other connections are served meanwhile; fire with its result.
+
+    Cancelling the Deferred stops the scan.
+    """
+    found: list[T] = []
+
+    def drive() -> Generator[None, None, None]:
+        found.append((yield from steps))
+
+    task = cooperate(drive())
+    result: defer.Deferred[T] = defer.Deferred(lambda _: task.stop())
+
+    def failed(failure: Failure) -> None:
+        if not result.called and not failure.check(TaskStopped):
+            result.errback(failure)
+
+    def done(_: object) -> None:
+        if not result.called:
+            result.callback(found[0])
+
+    task.whenDone().addCallbacks(done, failed)
+    return result

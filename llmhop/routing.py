@@ -18,7 +18,8 @@ from prometheus_client import Gauge
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from llmhop.config import Config, ModelConfig
+from llmhop import affinity
+from llmhop.config import Config, HealthCheck, ModelConfig
 
 # Agent needs an http URL; a unix-socket replica gets one with this made-up
 # host, which the endpoint factory maps back to the socket.
@@ -39,10 +40,27 @@ class Replica:
 
 @attrs.define(eq=False)
 class ReplicaHealth:
-    """Per process: requests under way at a replica, and until when to avoid it."""
+    """Per process and replica URL: requests under way, and what is known of its health.
+
+    Passive health: a replica whose connection failed is I{cooling} until
+    C{failed_until}.  Active health (L{llmhop.health}): C{down} after
+    C{failures} consecutive failed probes, up again after one success;
+    before its first probe a replica counts as up.
+    """
+
+    UP, DOWN, COOLING = "up", "down", "cooling"
 
     in_flight: int = 0
     failed_until: float = 0.0
+    down: bool = False
+    failures: int = 0  # consecutive failed probes
+    last_error: Optional[str] = None
+    last_check: Optional[float] = None  # when the last probe ended (reactor time)
+
+    def state(self, now: float) -> str:
+        if self.down:
+            return self.DOWN
+        return self.COOLING if self.failed_until > now else self.UP
 
 
 @attrs.define(eq=False)
@@ -116,6 +134,8 @@ class RouteState:
     limiter: Optional[Limiter] = None
     # Where the next tie between replicas starts: ties go round-robin.
     turn: int = 0
+    # Requests of this route holding a replica now (the m of bounded load).
+    in_flight: int = 0
 
 
 @attrs.frozen
@@ -131,6 +151,12 @@ class Route:
     upstream_model: Optional[str] = None
     strip: Optional[str] = None  # the prefix to take off the requested name
     unlisted: bool = False
+    health_check: Optional[HealthCheck] = None
+    retry_on: frozenset[int] = frozenset()
+    fallbacks: tuple[str, ...] = ()  # route names, tried in order
+    policy: str = "least-in-flight"
+    affinity_bytes: int = 0
+    affinity_header: bytes = b""
 
     def forwarded_model(self, requested: str) -> Optional[str]:
         """The name to put in the forwarded body, or None to forward it as it is."""
@@ -140,21 +166,35 @@ class Route:
             return requested[len(self.strip) :]
         return None
 
-    def pick(self, now: float, tried: frozenset[int]) -> Optional[int]:
-        """The replica for the next attempt: fewest requests in flight, ties in turn.
+    @property
+    def all_down(self) -> bool:
+        """Whether active health checks took every replica down."""
+        return all(h.down for h in self.health)
 
-        Replicas that failed within the cool-down are skipped, unless all the
-        untried ones did: then the cool-down is ignored rather than answering
-        502 without trying.
+    def pick(self, now: float, tried: frozenset[int], key_digest: Optional[bytes] = None) -> Optional[int]:
+        """The replica for the next attempt, or None when no untried one is up.
+
+        Down replicas are never picked.  Replicas that failed within the
+        cool-down are skipped, unless all the untried ones did: then the
+        cool-down is ignored rather than answering 502 without trying.  With
+        an affinity key (C{key_digest}), rendezvous hashing with bounded load
+        decides (L{affinity.choose}); without one, the fewest requests in
+        flight, ties in turn.
         """
         count = len(self.replicas)
         start = self.state.turn
         self.state.turn = (start + 1) % count
-        order = [(start + k) % count for k in range(count) if (start + k) % count not in tried]
+        health = self.health
+        order = [i for i in ((start + k) % count for k in range(count)) if i not in tried and not health[i].down]
         if not order:
             return None
-        healthy = [i for i in order if self.health[i].failed_until <= now] or order
-        return min(healthy, key=lambda i: self.health[i].in_flight)
+        healthy = [i for i in order if health[i].failed_until <= now] or order
+        if key_digest is not None:
+            up = sum(1 for h in health if not h.down)
+            cap = affinity.bound(self.state.in_flight, up)
+            urls = [r.base_url for r in self.replicas]
+            return affinity.choose(key_digest, urls, [h.in_flight for h in health], healthy, cap)
+        return min(healthy, key=lambda i: health[i].in_flight)
 
 
 @attrs.frozen
@@ -196,6 +236,9 @@ class RoutingTable:
         """What /v1/models lists: exact names, not patterns, not unlisted ones."""
         return sorted(n for n, r in self.exact.items() if not r.unlisted)
 
+    def fallbacks_of(self, route: Route) -> list[Route]:
+        return [self.routes[name] for name in route.fallbacks]
+
     def replica_health(self) -> dict[str, ReplicaHealth]:
         return {r.url: h for route in self.routes.values() for r, h in zip(route.replicas, route.health)}
 
@@ -218,6 +261,12 @@ def _route(
         upstream_model=model.upstream_model,
         strip=model.prefix if model.strip_prefix else None,
         unlisted=model.unlisted,
+        health_check=model.health_check,
+        retry_on=model.retry_on,
+        fallbacks=model.fallbacks,
+        policy=model.policy,
+        affinity_bytes=model.affinity_bytes,
+        affinity_header=model.affinity_header.encode("ascii"),
     )
 
 

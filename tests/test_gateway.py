@@ -246,8 +246,8 @@ def test_a_client_that_leaves_stops_the_scan_of_its_big_body():
     from twisted.python.failure import Failure
     from twisted.web.test.requesthelper import DummyRequest
 
-    from llmhop.extract import SMALL_BODY
-    from llmhop.gateway import _until_gone, model_of
+    from llmhop.extract import SMALL_BODY, model_of
+    from llmhop.gateway import _until_gone
 
     request = DummyRequest([b"v1"])
     body = b'{"pad": "' + b"x" * (2 * SMALL_BODY) + b'", "model": "m"}'
