@@ -31,6 +31,8 @@ class Outcome:
     CLIENT_TOO_SLOW = "client-too-slow"
     UPSTREAM_STALLED = "upstream-stalled"
     UPSTREAM_DIED = "upstream-died"
+    # Every replica of the route (and of its fallbacks) was down.
+    UNAVAILABLE = "unavailable"
 
     @staticmethod
     def upstream_failed(kind: str) -> str:
@@ -61,8 +63,12 @@ class AccessLog:
         sent: int,
         duration: float,
         outcome: str,
+        fallback: Optional[str] = None,
     ) -> None:
-        """The line for one request: what the client sent is escaped, so no client can forge a line."""
+        """The line for one request: what the client sent is escaped, so no client can forge a line.
+
+        C{fallback}: the route that answered instead of the model's own (SPEC §6).
+        """
         fields = {
             "method": printable(method),
             "path": printable(path),
@@ -80,6 +86,8 @@ class AccessLog:
             duration,
             " aborted=" + outcome if outcome else "",
         )
+        if fallback is not None:
+            line += " fallback=" + printable(fallback.encode("utf-8", "replace"))
         self(line, bytes=sent, duration=duration, outcome=outcome, **fields)
 
     def __call__(self, line: str, **fields: object) -> None:

@@ -151,6 +151,25 @@ def too_many_requests(model: str) -> ApiError:
     )
 
 
+def model_unavailable(model: str, retry_after: int) -> ApiError:
+    """Health checks took every replica of the model (and of its fallbacks) down."""
+    return ApiError(
+        503,
+        "Model %s is unavailable: every replica is down. Retry later." % (json.dumps(model),),
+        "api_error",
+        "model_unavailable",
+        headers=((b"Retry-After", b"%d" % (retry_after,)),),
+    )
+
+
+class Unavailable(Exception):
+    """No replica of the route (nor of its fallbacks) is up; the failure an L{Attempts} ends with."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("every replica is down")
+        self.retry_after = retry_after
+
+
 def upstream_unreachable(model: str) -> ApiError:
     return ApiError(
         502,

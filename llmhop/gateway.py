@@ -6,33 +6,38 @@ channel calls with the headers alone, before any body byte is read.
 """
 
 import json
-from collections.abc import Generator
+import math
+import time
 from typing import Optional, TypeVar, Union
 from urllib.parse import unquote_to_bytes
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.task import TaskStopped, cooperate
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.http_headers import Headers
 
-from llmhop import errors
+from llmhop import affinity, errors
 from llmhop.auth import Authenticator
-from llmhop.extract import SMALL_BODY, Body, ModelError, extract_model, model_steps, rename, rename_steps
+from llmhop.config import POLICIES
+from llmhop.extract import SMALL_BODY, Body, ModelError, keyed_spans, model_of, renamed
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
-from llmhop.routing import Route, RoutingTable
+from llmhop.routing import ReplicaHealth, Route, RoutingTable
 from llmhop.site import GatewayRequest, ScreeningResource
 from llmhop.target import check_target
 
 T = TypeVar("T")
 
 HEALTH_PATHS = (b"/health", b"/healthz")
+READY_PATH = b"/ready"
+STATUS_PATH = b"/status"
 METRICS_PATH = b"/metrics"
 MODELS_PATH = b"/v1/models"
 _MODEL_PREFIX = MODELS_PATH + b"/"
 _READ_METHODS = (b"GET", b"HEAD")
+LEAST_IN_FLIGHT = POLICIES[0]
+_BUILTIN = frozenset((*HEALTH_PATHS, READY_PATH, STATUS_PATH, MODELS_PATH))
 
 
 @attrs.define(eq=False, slots=False)
@@ -57,7 +62,7 @@ class Gateway(ScreeningResource):
         if invalid is not None:
             return invalid
         path = target.partition(b"?")[0]
-        open_path = path in HEALTH_PATHS or (path == METRICS_PATH and self.public_metrics)
+        open_path = path in HEALTH_PATHS or path == READY_PATH or (path == METRICS_PATH and self.public_metrics)
         if not open_path and not self.auth.allows(headers.getRawHeaders(b"authorization")):
             return errors.unauthorized()
         if length is not None and length > self.max_body_bytes:
@@ -66,17 +71,25 @@ class Gateway(ScreeningResource):
 
     def render(self, request: "GatewayRequest") -> object:
         path = request.path
-        if path in HEALTH_PATHS or path == MODELS_PATH or path.startswith(_MODEL_PREFIX):
+        if path in _BUILTIN or path.startswith(_MODEL_PREFIX):
             return self._builtin(request, path)
         if path == METRICS_PATH and self.metrics is not None:
             return self._metrics(request, self.metrics)
         return self._forward(request)
 
-    def _builtin(self, request: http.Request, path: bytes) -> object:
+    def _builtin(self, request: "GatewayRequest", path: bytes) -> object:
         if request.method not in _READ_METHODS:
             return self._fail(request, errors.method_not_allowed(b"GET, HEAD"))
         if path in HEALTH_PATHS:
-            document = {"status": "ok", "models": len(self.routes.routes)}
+            document: dict = {"status": "ok", "models": len(self.routes.routes)}
+        elif path == READY_PATH:
+            if request.draining:
+                request.setResponseCode(503)
+                document = {"status": "draining"}
+            else:
+                document = {"status": "ready"}
+        elif path == STATUS_PATH:
+            document = status(self.routes, self.upstream.reactor.seconds())
         elif path == MODELS_PATH:
             document = {"object": "list", "data": [_model_object(n) for n in self.routes.names()]}
         else:
@@ -118,7 +131,9 @@ class Gateway(ScreeningResource):
         return server.NOT_DONE_YET
 
     def _model(self, body: Body, request: "GatewayRequest") -> Union[str, defer.Deferred]:
-        return _until_gone(model_of(body, request.getHeader(b"content-type")), request)
+        if len(body) > SMALL_BODY:
+            request.spans = {}
+        return _until_gone(model_of(body, request.getHeader(b"content-type"), request.spans), request)
 
     def _routed(self, model: str, request: "GatewayRequest") -> Union[Route, defer.Deferred]:
         """The route for C{model}; once the body names the backend's model, if the route renames it."""
@@ -127,6 +142,12 @@ class Gateway(ScreeningResource):
         if route is None:
             raise errors.Refusal(errors.model_not_found(model))
         request.route = route.name
+        routes = [route, *self.routes.fallbacks_of(route)]
+        if all(r.all_down for r in routes):
+            retry_after = max(r.health_check.interval if r.health_check else 1.0 for r in routes)
+            raise errors.Refusal(errors.model_unavailable(model, max(1, math.ceil(retry_after))))
+        if any(r.policy != LEAST_IN_FLIGHT for r in routes):
+            request.affinity = _affinity_keys(routes, request)
         forwarded = route.forwarded_model(model)
         if forwarded is None:
             return route
@@ -149,7 +170,7 @@ class Gateway(ScreeningResource):
 
     def _send(self, route: Route, request: "GatewayRequest") -> None:
         if not request.gone:
-            self.upstream.forward(request, route)
+            self.upstream.forward(request, route, self.routes.fallbacks_of(route), request.affinity)
 
     def _refused(self, failure: Failure, request: "GatewayRequest") -> None:
         if failure.check(defer.CancelledError) or request.gone:
@@ -176,6 +197,23 @@ def _stop(reason: Failure, step: defer.Deferred) -> None:
     step.cancel()
 
 
+def _affinity_keys(routes: list[Route], request: "GatewayRequest") -> dict[str, bytes]:
+    """Each route's affinity key digest for C{request}, from the body as the client sent it."""
+    keys = {}
+    spans = request.spans
+    for route in routes:
+        if route.policy == LEAST_IN_FLIGHT:
+            continue
+        if spans is None:
+            spans = keyed_spans(request.body, request.getHeader(b"content-type"))
+        key = affinity.key_of(
+            route.policy, route.affinity_bytes, route.affinity_header, request.requestHeaders, request.body, spans
+        )
+        if key is not None:
+            keys[route.name] = affinity.digest(key)
+    return keys
+
+
 def _with_body(body: bytes, request: "GatewayRequest", route: Route) -> Route:
     request.body = body
     return route
@@ -185,46 +223,29 @@ def _through(_: object, route: Route) -> Route:
     return route
 
 
-def model_of(body: Body, content_type: Optional[bytes]) -> Union[str, defer.Deferred]:
-    """The model C{body} names: at once for a small body, else a Deferred of the scan in slices.
+def status(routes: RoutingTable, now: float) -> dict:
+    """GET /status: every route's replicas, their state and what went wrong last (SPEC §6).
 
-    L{ModelError} when there is none (raised, or the Deferred's failure).
+    URLs are as configured, which never hold credentials (the config
+    refuses them); injected headers are not shown.
     """
-    if len(body) <= SMALL_BODY:
-        return extract_model(body, content_type)
-    return scan_in_slices(model_steps(body, content_type))
+    return {
+        "routes": {
+            name: {"replicas": [_replica_status(r.url, h, now) for r, h in zip(route.replicas, route.health)]}
+            for name, route in sorted(routes.routes.items())
+        }
+    }
 
 
-def renamed(body: Body, content_type: Optional[bytes], name: str) -> Union[bytes, defer.Deferred]:
-    """C{body} naming model C{name}: at once for a small body, else a Deferred of the rewrite in slices."""
-    if len(body) <= SMALL_BODY:
-        return rename(body, content_type, name)
-    return scan_in_slices(rename_steps(body, content_type, name))
-
-
-def scan_in_slices(steps: Generator[None, None, T]) -> defer.Deferred:
-    """Run a scanning generator with task.cooperate, so other connections are served meanwhile; fire with its result.
-
-    Cancelling the Deferred stops the scan.
-    """
-    found: list[T] = []
-
-    def drive() -> Generator[None, None, None]:
-        found.append((yield from steps))
-
-    task = cooperate(drive())
-    result: defer.Deferred[T] = defer.Deferred(lambda _: task.stop())
-
-    def failed(failure: Failure) -> None:
-        if not result.called and not failure.check(TaskStopped):
-            result.errback(failure)
-
-    def done(_: object) -> None:
-        if not result.called:
-            result.callback(found[0])
-
-    task.whenDone().addCallbacks(done, failed)
-    return result
+def _replica_status(url: str, health: ReplicaHealth, now: float) -> dict:
+    last_check = health.last_check
+    return {
+        "url": url,
+        "state": health.state(now),
+        "inFlight": health.in_flight,
+        "lastError": health.last_error,
+        "lastCheck": None if last_check is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_check)),
+    }
 
 
 def _model_object(name: str) -> dict:

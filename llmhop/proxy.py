@@ -10,6 +10,8 @@ of memory here.  A client that leaves cancels the backend request at once
 closes the backend connection so the inference server stops generating.
 """
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import attrs
@@ -27,6 +29,7 @@ from zope.interface import implementer
 
 from llmhop import errors
 from llmhop.accesslog import Outcome
+from llmhop.extract import renamed
 from llmhop.metrics import Metrics
 from llmhop.routing import Route
 
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
     from llmhop.site import GatewayRequest
 
 _log = Logger()
+
+# On an answer from a fallback route: which one (SPEC §6).
+FALLBACK_HEADER = b"X-Llmhop-Fallback"
 
 # RFC 9110 §7.6.1: hop-by-hop fields are for one connection only.  Host and
 # Content-Length are recomputed for the backend connection; Expect was dealt
@@ -158,8 +164,16 @@ class Upstream:
     cooldown: float = 10.0
     metrics: Optional[Metrics] = None
 
-    def forward(self, request: "GatewayRequest", route: Route) -> None:
-        Exchange(request, route, self, upstream_headers(request, route, self.strip_authorization)).start()
+    def forward(
+        self,
+        request: "GatewayRequest",
+        route: Route,
+        fallbacks: Sequence[Route] = (),
+        keys: Optional[Mapping[str, bytes]] = None,
+    ) -> None:
+        """Send C{request} to C{route} (then to C{fallbacks}), with the affinity C{keys} per route name."""
+        headers = upstream_headers(request, route, self.strip_authorization)
+        Exchange(request, route, self, headers, list(fallbacks), keys or {}).start()
 
     def send(self, request: "GatewayRequest", url: bytes, host: bytes, headers: Headers) -> defer.Deferred:
         headers.setRawHeaders(b"Host", [host])
@@ -177,18 +191,26 @@ class Upstream:
 
 @attrs.define(eq=False)
 class Attempts:
-    """The route's replicas tried in turn until one answers: L{send} is the whole loop, as one Deferred.
+    """The route's replicas, then its fallbacks', tried in turn until one answers: L{send} is the whole loop.
 
     A replica that could not be reached (nothing of the request was sent)
-    is avoided for C{upstream.cooldown} seconds and the next one is tried;
-    any other failure is the answer.  Cancelling the Deferred cancels the
-    attempt under way.
+    is avoided for C{upstream.cooldown} seconds and the next one is tried; a
+    replica answering one of the route's C{retryOn} statuses has its answer
+    discarded (nothing of it reached the client) and the next one is tried,
+    unless none is left: then that answer is the answer.  When the route has
+    no replica left to try, its C{fallbacks} are tried in order, the body
+    naming each one's model (SPEC §6).  Any other failure is the answer.
+    Cancelling the Deferred cancels the step under way.
 
-    @ivar _state: C{TRYING} while an attempt is under way (C{_pending}),
-        C{DONE} once a replica answered, the last one failed or the loop was
-        cancelled.
-    @ivar replica: the index of the replica tried last; the caller gives its
-        in-flight count back (L{leave_replica}).
+    @ivar _state: C{TRYING} while an attempt (or a fallback's body rename)
+        is under way (C{_pending}), C{DONE} once a replica answered, the
+        last one failed or the loop was cancelled.
+    @ivar route: the route tried now: the request's, or a fallback.
+    @ivar replica: the index (in C{route}) of the replica tried last; the
+        caller gives its in-flight count back (L{leave_replica}).
+    @ivar fallbacks: the routes still to try after C{route}, in order.
+    @ivar keys: route name → the request's affinity key digest under that
+        route's policy (absent: least-in-flight).
     """
 
     TRYING, DONE = "TRYING", "DONE"
@@ -197,32 +219,72 @@ class Attempts:
     route: Route
     upstream: Upstream
     headers: Headers
+    fallbacks: list[Route] = attrs.Factory(list)
+    keys: Mapping[str, bytes] = attrs.Factory(dict)
     replica: Optional[int] = None
     _state: str = TRYING
     _tried: frozenset[int] = frozenset()
     _pending: Optional[defer.Deferred] = None
     _result: Optional[defer.Deferred] = None
+    # The longest health-check interval among the routes tried: Retry-After.
+    _retry_after: float = 0.0
+    _primary: Optional[Route] = None
 
     def send(self) -> defer.Deferred:
-        """Fires with the first answer (an L{IResponse}), or fails with the last attempt's failure."""
+        """Fires with the first answer (an L{IResponse}), or fails with the last attempt's failure.
+
+        L{errors.Unavailable} when no route had a replica up.
+        """
         self._result = defer.Deferred(self._cancel)
-        self._attempt()
+        self._primary = self.route
+        self._next()
         return self._result
 
-    def _attempt(self) -> None:
-        index = self.route.pick(self.upstream.reactor.seconds(), self._tried)
-        assert index is not None, "attempted only while an untried replica is left"
+    @property
+    def fell_back(self) -> bool:
+        """Whether the route tried now is a fallback."""
+        return self.route is not self._primary
+
+    def _next(self) -> None:
+        """The next replica of the route, else the next fallback route, else the end: every route is down."""
+        self._retry_after = max(self._retry_after, _retry_after(self.route))
+        index = self.route.pick(self.upstream.reactor.seconds(), self._tried, self.keys.get(self.route.name))
+        if index is not None:
+            self._attempt(index)
+        elif self.fallbacks:
+            self._fall_back()
+        else:
+            self._end(Failure(errors.Unavailable(max(1, math.ceil(self._retry_after)))))
+
+    def _attempt(self, index: int) -> None:
         self._tried |= {index}
         self.replica = index
         self.route.health[index].in_flight += 1
+        self.route.state.in_flight += 1
         replica = self.route.replicas[index]
         self._pending = self.upstream.send(self.request, replica.base_url, replica.host, self.headers)
         self._pending.addCallbacks(self._answered, self._failed)
 
+    def _can_go_on(self) -> bool:
+        """Whether an untried replica that is up is left, here or in a fallback route."""
+        route, tried = self.route, self._tried
+        if any(i not in tried and not h.down for i, h in enumerate(route.health)):
+            return True
+        return any(not fallback.all_down for fallback in self.fallbacks)
+
     def _answered(self, response: IResponse) -> None:
-        self._state, self._pending = self.DONE, None
-        if self.replica is not None:
-            self.route.health[self.replica].failed_until = 0.0
+        self._pending = None
+        assert self.replica is not None
+        health = self.route.health[self.replica]
+        health.failed_until = 0.0
+        if response.code in self.route.retry_on and self._can_go_on():
+            # Refused (full, loading): nothing of this answer reached the
+            # client, so another replica may have the request.
+            health.last_error = "answered %d" % (response.code,)
+            _discard(response)
+            self._move_on("status-%d" % (response.code,), "it answered %d" % (response.code,))
+            return
+        self._state = self.DONE
         assert self._result is not None
         self._result.callback(response)
 
@@ -233,19 +295,51 @@ class Attempts:
         if _not_sent(reason) and self.replica is not None:
             # Passive health: avoid this replica for a while.  Nothing of the
             # request reached it, so the next one may have it.
-            url = self.route.replicas[self.replica].url
-            self.route.health[self.replica].failed_until = self.upstream.reactor.seconds() + self.upstream.cooldown
-            self.leave_replica()
-            if len(self._tried) < len(self.route.replicas):
-                self.upstream.failed(self.route, _failure_kind(reason))
-                _log.info(
-                    "replica {url} of model {model} failed, trying another: {why}",
-                    url=url,
-                    model=self.route.name,
-                    why=_describe(reason),
-                )
-                self._attempt()
+            health = self.route.health[self.replica]
+            health.failed_until = self.upstream.reactor.seconds() + self.upstream.cooldown
+            health.last_error = _describe(reason)
+            if self._can_go_on():
+                self._move_on(_failure_kind(reason), _describe(reason))
                 return
+        self._end(reason)
+
+    def _move_on(self, kind: str, why: str) -> None:
+        assert self.replica is not None
+        url = self.route.replicas[self.replica].url
+        self.leave_replica()
+        self.upstream.failed(self.route, kind)
+        _log.info(
+            "replica {url} of model {model} failed, trying another: {why}", url=url, model=self.route.name, why=why
+        )
+        self._next()
+
+    def _fall_back(self) -> None:
+        """Move on to the next fallback route: its headers, and the body naming its model."""
+        route = self.fallbacks.pop(0)
+        self.upstream.in_flight(self.route, -1)
+        self.upstream.in_flight(route, 1)
+        self.route, self._tried = route, frozenset()
+        self.request.route = self.request.fallback = route.name
+        _log.info("model {model}: falling back to {route}", model=self.request.model, route=route.name)
+        body = renamed(self.request.body, self.request.getHeader(b"content-type"), route.upstream_model or route.name)
+        if isinstance(body, defer.Deferred):
+            self._pending = body
+            body.addCallbacks(self._renamed, self._rename_failed)
+        else:
+            self._renamed(body)
+
+    def _renamed(self, body: bytes) -> None:
+        self._pending = None
+        self.request.body = body
+        self.headers = upstream_headers(self.request, self.route, self.upstream.strip_authorization)
+        self._next()
+
+    def _rename_failed(self, reason: Failure) -> None:
+        self._pending = None
+        if self._state != self.DONE:
+            self._end(reason)
+
+    def _end(self, reason: Failure) -> None:
         self._state = self.DONE
         assert self._result is not None
         self._result.errback(reason)
@@ -260,7 +354,26 @@ class Attempts:
         """Give back the in-flight count of the replica tried last (once)."""
         if self.replica is not None:
             self.route.health[self.replica].in_flight -= 1
+            self.route.state.in_flight -= 1
             self.replica = None
+
+
+def _retry_after(route: Route) -> float:
+    """When a route whose replicas are all down may be back: its next probe."""
+    return route.health_check.interval if route.health_check is not None else 1.0
+
+
+class _Discard(Protocol):
+    """Takes a refused answer's body and drops the connection: a retry must not wait for it."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+def _discard(response: IResponse) -> None:
+    response.deliverBody(_Discard())
 
 
 @attrs.define(eq=False)
@@ -282,6 +395,8 @@ class Exchange:
     route: Route
     upstream: Upstream
     headers: Headers
+    fallbacks: list[Route] = attrs.Factory(list)
+    keys: Mapping[str, bytes] = attrs.Factory(dict)
     _state: str = SENDING
     _attempts: Optional[Attempts] = None
     _sending: Optional[defer.Deferred] = None
@@ -296,15 +411,16 @@ class Exchange:
         finished = self.request.notifyFinish()
         finished.addErrback(self._client_left)
         finished.addBoth(self._ended)
-        self._attempts = Attempts(self.request, self.route, self.upstream, self.headers)
+        self._attempts = Attempts(self.request, self.route, self.upstream, self.headers, self.fallbacks, self.keys)
         self._sending = self._attempts.send()
         self._sending.addTimeout(self.upstream.response_timeout, self.upstream.reactor)
         self._sending.addCallbacks(self._answered, self._failed)
 
     def _ended(self, _: object) -> None:
-        self.upstream.in_flight(self.route, -1)
-        if self._attempts is not None:
-            self._attempts.leave_replica()
+        attempts = self._attempts
+        self.upstream.in_flight(self.route if attempts is None else attempts.route, -1)
+        if attempts is not None:
+            attempts.leave_replica()
 
     def _client_left(self, reason: Failure) -> None:
         state, self._state = self._state, self.DONE
@@ -318,6 +434,10 @@ class Exchange:
         if self._state != self.SENDING:
             return  # the client left
         self._state = self.DONE
+        if reason.check(errors.Unavailable):
+            self.request.outcome = Outcome.UNAVAILABLE
+            errors.respond(self.request, errors.model_unavailable(self.model, reason.value.retry_after))
+            return
         kind = _failure_kind(reason)
         self.upstream.failed(self.route, kind)
         self.request.outcome = Outcome.upstream_failed(kind)
@@ -332,6 +452,8 @@ class Exchange:
         else:
             self._state, self._relay = self.RELAYING, relay
             self._send_head(response)
+            if self._attempts is not None and self._attempts.fell_back:
+                self.request.responseHeaders.setRawHeaders(FALLBACK_HEADER, [self._attempts.route.name.encode("utf-8")])
         response.deliverBody(relay)
 
     def _send_head(self, response: IResponse) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, NoReturn, Optional, cast
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IFileDescriptor, IListeningPort, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
@@ -30,6 +30,7 @@ from llmhop.check import check
 from llmhop.endpoints import CachedEndpointFactory
 from llmhop.errors import ConfigError, StartupError, tell
 from llmhop.gateway import Gateway
+from llmhop.health import HealthChecks
 from llmhop.listening import bind_failure, listen_problems, with_backlog
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
 from llmhop.proxy import Upstream
@@ -233,6 +234,8 @@ class GatewayService(service.MultiService):
         # The gateway serving new requests; a reload replaces it.
         self.gateway = build_gateway(config, reactor, self.pool, self.metrics)
         self.site = GatewaySite(self.gateway, config.timeouts, reactor, access_log, self.metrics)
+        # Active health checks (SPEC §6): none run unless a model asks.
+        self.health = HealthChecks(reactor)
         # Why the start failed: one line, naming the address and the fix.
         self.failure: Optional[str] = None
         self._listening: Optional[defer.Deferred] = None
@@ -248,7 +251,8 @@ class GatewayService(service.MultiService):
                 reactor,
                 config_path,
                 config.workers,
-                config.timeouts.shutdown,
+                # Each worker keeps serving for the drain delay, then drains.
+                config.timeouts.shutdown + config.timeouts.drainDelay,
                 relay_logs,
                 on_exit=self.metrics.process_ended,
             )
@@ -279,6 +283,7 @@ class GatewayService(service.MultiService):
         if self._listening is None:
             self.privilegedStartService()
         service.MultiService.startService(self)
+        self.health.update(self.gateway.routes, self.gateway.upstream.agent)
         if self.handle_signals:
             self.reactor.callWhenRunning(SignalHandlers(self.reactor, self.reload).install)
 
@@ -351,6 +356,8 @@ class GatewayService(service.MultiService):
         gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.gateway.routes)
         self.site.replace(gateway, self.config)
         self.gateway = gateway
+        if self.running:
+            self.health.update(gateway.routes, gateway.upstream.agent)
         self.pool.cachedConnectionTimeout = self.config.timeouts.keepAlive  # type: ignore[assignment]  # typed int
         _log.info(
             "config reloaded from {path}: {models}",
@@ -365,8 +372,21 @@ class GatewayService(service.MultiService):
             )
 
     def stopService(self) -> defer.Deferred:
+        """Stop: /ready says so at once; requests are served for the drain delay, then the steps stop."""
         if self.worker is None:
             process.sd_notify(b"STOPPING=1")
+        self.site.draining = True
+        if self.workers is not None:
+            # They drain alongside this process (and are not restarted).
+            self.workers.stop()
+        delay = self.config.timeouts.drainDelay
+        if not delay:
+            return self._stop_steps()
+        _log.info("draining: /ready answers 503; serving on for {delay}s before the socket closes", delay=delay)
+        return task.deferLater(self.reactor, delay, self._stop_steps)
+
+    def _stop_steps(self) -> defer.Deferred:
+        self.health.stop()
         # The children stop together, in reverse order: watcher, workers,
         # ports (no more accepting), then the drain step.
         stopped = service.MultiService.stopService(self)

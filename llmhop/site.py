@@ -24,6 +24,7 @@ the client left) is read through L{llmhop.internals}.
 """
 
 import time
+from collections.abc import Mapping
 from typing import Optional, Union
 
 from twisted.internet import defer
@@ -35,6 +36,7 @@ from twisted.web.http_headers import Headers
 
 from llmhop import config as configlib, errors, framing, internals
 from llmhop.accesslog import AccessLog, Outcome
+from llmhop.extract import Spans
 from llmhop.metrics import Metrics
 from llmhop.writethrough import WriteThroughMixin
 
@@ -58,7 +60,15 @@ class GatewayRequest(server.Request):
     defaultContentType = None
     model: Optional[str] = None
     # The route's config key (a model name or a prefix pattern): the metrics' label.
+    # A fallback's, once the request falls back.
     route: Optional[str] = None
+    # The fallback route that answered instead of the model's own, if any.
+    fallback: Optional[str] = None
+    # Where a big body's top-level messages/prompt/input/user lie (its model
+    # scan found them); None: not scanned.
+    spans: Optional[Spans] = None
+    # Route name → the affinity key's digest under that route's policy.
+    affinity: Mapping[str, bytes] = {}
     outcome = Outcome.NORMAL
     first_byte: Optional[float] = None
     channel: "GatewayChannel"
@@ -73,6 +83,11 @@ class GatewayRequest(server.Request):
         # Counted by the site from requestReceived until logged.
         self._in_flight = False
         self._logged = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether this process is stopping (C{/ready} says so)."""
+        return self._site.draining
 
     @property
     def gone(self) -> bool:
@@ -140,7 +155,7 @@ class GatewayRequest(server.Request):
         status = self.code if self.startedWriting else None
         duration = time.monotonic() - self.started
         self._site.access_log.request(
-            self.method, self.path, self.model, status, self.sentLength, duration, self.outcome
+            self.method, self.path, self.model, status, self.sentLength, duration, self.outcome, self.fallback
         )
         metrics = self._site.metrics
         if metrics is not None:
@@ -395,6 +410,8 @@ class GatewaySite(server.Site):
         under way keep the one they started with.
     @ivar in_flight: the requests between their last body byte and their
         access line: what a graceful stop waits for (L{drained}).
+    @ivar draining: a stop has begun: C{/ready} answers 503 while requests
+        are still served (SPEC §6, C{timeouts.drainDelay}).
     """
 
     # Twisted's stubs type these as its own classes' constructors.
@@ -419,6 +436,7 @@ class GatewaySite(server.Site):
         self.timeouts = timeouts
         self.in_flight: set[GatewayRequest] = set()
         self._drained: Optional[defer.Deferred] = None
+        self.draining = False
 
     @property
     def max_body_bytes(self) -> int:

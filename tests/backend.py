@@ -13,6 +13,10 @@ The request body says what to do: ``{"model": ..., "script": {"kind": ...}}``
 - ``hang``: never answer; ``hang_mid``: send headers and one event, then hang;
 - ``status``: answer with ``code`` and a small JSON body.
 
+Set from a test: ``health`` (the status ``GET /health`` answers, counted in
+``probes``; None: hang), ``refuse`` (a status every other request is answered
+with, counted in ``refused``, not ``served``).
+
 Every connection is recorded by the client's port (``connections``), with the
 times it was opened and closed.  Every request carrying ``X-Test-Id`` is recorded, with the time its
 connection was lost; ``GET /_events/<id>`` returns that record, so a test can
@@ -43,13 +47,22 @@ class Backend(resource.Resource):
         self.connections = {}
         # Requests answered (the _events lookups aside), for tests of spreading.
         self.served = 0
+        self.health = 200
+        self.probes = 0
+        self.refuse = None
+        self.refused = 0
 
     def render(self, request):
         if request.path.startswith(b"/_events/"):
             record = self.events.get(request.path[len(b"/_events/") :].decode())
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(record).encode()
+        if request.path == b"/health" and request.method == b"GET":
+            return self._health(request)
         body = request.content.read()
+        if self.refuse is not None:
+            self.refused += 1
+            return self._status(request, body, {"code": self.refuse})
         if request.path.endswith(b"/audio/transcriptions"):
             return self._transcription(request, body)
         try:
@@ -60,6 +73,14 @@ class Backend(resource.Resource):
         self.served += 1
         kind = script.get("kind", "echo")
         return getattr(self, "_" + kind)(request, body, script)
+
+    def _health(self, request):
+        self.probes += 1
+        if self.health is None:
+            return server.NOT_DONE_YET
+        request.setResponseCode(self.health)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"status": "ok"}' if self.health == 200 else b'{"error": "loading"}'
 
     def _record(self, request):
         test_id = request.getHeader(b"x-test-id")

@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from llmhop import config as configlib
+from llmhop.health import HealthChecks
 from llmhop.service import build_pool
 from llmhop.writethrough import write_through
 from tests import backend as backendlib
@@ -33,8 +34,16 @@ class Router:
         self.site, self._port, self.pool = site, port, pool
         self.port = port.getHost().port
         self.url = "http://127.0.0.1:%d" % (self.port,)
+        # As GatewayService does: probes only for models with a healthCheck.
+        self.health = HealthChecks(reactor)
+        self.health.update(site.gateway.routes, site.gateway.upstream.agent)
+
+    @property
+    def routes(self):
+        return self.site.gateway.routes
 
     def close(self):
+        self.health.stop()
         pytest_twisted.blockon(defer.maybeDeferred(self._port.stopListening))
         pytest_twisted.blockon(self.pool.closeCachedConnections())
 

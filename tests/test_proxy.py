@@ -58,6 +58,25 @@ def request():
     return req
 
 
+class Response:
+    """An IResponse; its body's transport is a StringTransport (stopped: dropped unread)."""
+
+    phrase, length = b"OK", 5
+    headers = Headers()
+
+    def __init__(self, code=200):
+        self.code = code
+        self.transport = StringTransport()
+
+    @property
+    def dropped(self):
+        return self.transport.producerState == "stopped"
+
+    def deliverBody(self, protocol):
+        protocol.makeConnection(self.transport)
+        self.protocol = protocol
+
+
 def refused():
     return Failure(neterror.ConnectionRefusedError())
 
@@ -74,10 +93,53 @@ def test_a_replica_that_refuses_is_cooled_down_and_the_next_one_tried():
     up.sent[0][1].errback(refused())
     assert [url for url, _ in up.sent] == [b"http://127.0.0.1:1", b"http://127.0.0.1:2"]
     assert route.health[0].failed_until == 100 + up.cooldown
-    response = object()
+    response = Response(200)
     up.sent[1][1].callback(response)
     assert answers.result is response
     assert (route.health[0].in_flight, route.health[1].in_flight) == (0, 1)
+
+
+def test_a_retry_on_status_is_dropped_unread_and_the_next_replica_tried():
+    clock, route = Clock(), route_of(THREE)
+    up = upstream(clock)
+    answers = Attempts(request(), route, up, Headers()).send()
+    full = Response(503)
+    up.sent[0][1].callback(full)
+    assert full.dropped and len(up.sent) == 2
+    assert route.health[0].in_flight == 0 and route.health[0].failed_until == 0.0  # no cool-down
+    assert route.health[0].last_error == "answered 503"
+    up.sent[1][1].callback(Response(200))
+    assert answers.result.code == 200
+    assert (route.state.in_flight, route.health[1].in_flight) == (1, 1)
+
+
+def test_the_last_replicas_refusal_is_the_answer_and_other_statuses_are_not_retried():
+    clock, route = Clock(), route_of(THREE[:2], retryOn=[429])
+    up = upstream(clock)
+    answers = Attempts(request(), route, up, Headers()).send()
+    up.sent[0][1].callback(Response(429))
+    last = Response(429)
+    up.sent[1][1].callback(last)
+    assert answers.result is last and not last.dropped
+    other = Attempts(request(), route, up, Headers()).send()
+    up.sent[2][1].callback(Response(503))
+    assert other.result.code == 503 and len(up.sent) == 3
+
+
+def test_down_replicas_are_not_tried_and_all_down_fails_unavailable():
+    from llmhop.errors import Unavailable
+
+    clock, route = Clock(), route_of(THREE, healthCheck={"interval": 7.5})
+    up = upstream(clock)
+    route.health[0].down = True
+    Attempts(request(), route, up, Headers()).send()
+    assert up.sent[0][0] == b"http://127.0.0.1:2"
+    for health in route.health:
+        health.down = True
+    failures = []
+    Attempts(request(), route, up, Headers()).send().addErrback(failures.append)
+    assert len(up.sent) == 1
+    assert failures[0].check(Unavailable) and failures[0].value.retry_after == 8
 
 
 def test_a_failure_after_the_request_may_have_been_sent_is_not_retried():
@@ -124,18 +186,6 @@ def test_no_answer_within_the_response_timeout_is_a_504():
     assert req.responseCode == 504
     assert req.outcome == "upstream-timeout"
     assert b'"code": "upstream_timeout"' in b"".join(req.written)
-
-
-class Response:
-    code, phrase, length = 200, b"OK", 5
-    headers = Headers()
-
-    def __init__(self):
-        self.transport = StringTransport()
-
-    def deliverBody(self, protocol):
-        protocol.makeConnection(self.transport)
-        self.protocol = protocol
 
 
 def answered(clock):
