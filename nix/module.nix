@@ -337,9 +337,14 @@ in
           Restart = "on-failure";
           RestartSec = 5;
           # SIGTERM goes to the first process, which drains and stops its
-          # workers; what is left after the grace period is killed.
+          # workers; what is left after the drain delay (/ready at 503 while
+          # still serving) and the grace period is killed.
           KillMode = "mixed";
-          TimeoutStopSec = 45;
+          TimeoutStopSec =
+            let
+              timeouts = cfg.settings.timeouts or { };
+            in
+            builtins.ceil ((timeouts.drainDelay or 0) + (timeouts.shutdown or 30)) + 15;
           # Two descriptors per open stream; set here because the system call
           # filter refuses setrlimit().
           LimitNOFILE = 524288;

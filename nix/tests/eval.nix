@@ -179,7 +179,22 @@ let
 
   hardened = unitConfig: keys: lib.all (key: unitConfig ? ${key}) keys;
 
+  draining = eval {
+    services.llmhop = {
+      enable = true;
+      settings.timeouts = {
+        drainDelay = 10;
+        shutdown = 60.5;
+      };
+      settings.models.m.url = "http://127.0.0.1:9";
+    };
+  };
+
   checks = {
+    "the stop timeout covers the drain delay and the shutdown grace" =
+      llmhop.TimeoutStopSec == 45
+      && draining.systemd.services.llmhop.serviceConfig.TimeoutStopSec == 86;
+
     "every worker model is routed to its loopback port" =
       rendered.models."gemma-3-1b".url == "http://127.0.0.1:30001"
       && rendered.models."qwen3:0.6b".url == "http://127.0.0.1:30002"
