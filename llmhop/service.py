@@ -386,6 +386,8 @@ class GatewayService(service.MultiService):
         return task.deferLater(self.reactor, delay, self._stop_steps)
 
     def _stop_steps(self) -> defer.Deferred:
+        if self.config.timeouts.drainDelay:
+            _log.info("drain delay over: the listening socket closes")
         self.health.stop()
         # The children stop together, in reverse order: watcher, workers,
         # ports (no more accepting), then the drain step.

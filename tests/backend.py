@@ -14,7 +14,7 @@ The request body says what to do: ``{"model": ..., "script": {"kind": ...}}``
 - ``status``: answer with ``code`` and a small JSON body.
 
 Set from a test: ``health`` (the status ``GET /health`` answers, counted in
-``probes``; None: hang), ``refuse`` (a status every other request is answered
+``probes``; None: hang; ``GET /_health/<status>`` sets it too), ``refuse`` (a status every other request is answered
 with, counted in ``refused``, not ``served``).
 
 Every connection is recorded by the client's port (``connections``), with the
@@ -59,6 +59,10 @@ class Backend(resource.Resource):
             return json.dumps(record).encode()
         if request.path == b"/health" and request.method == b"GET":
             return self._health(request)
+        if request.path.startswith(b"/_health/"):
+            # From another process: GET /_health/503 makes /health answer 503.
+            self.health = int(request.path[len(b"/_health/") :])
+            return b"ok"
         body = request.content.read()
         if self.refuse is not None:
             self.refused += 1

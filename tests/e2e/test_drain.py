@@ -2,6 +2,7 @@
 timeouts.drainDelay, then the socket closes and in-flight requests finish."""
 
 import json
+import re
 import signal
 import socket
 
@@ -46,10 +47,14 @@ def test_every_worker_answers_ready_503_during_the_drain(start_router, backend_p
         }
     )
     port = router.port()
-    router.wait_for_line(r"\[worker 1\] llmhop listening")
+    router.wait_for_line(r"\[worker 2\] llmhop listening")
     router.signal(signal.SIGTERM)
-    router.wait_for_line(r"\[worker 1\] draining")
     router.wait_for_line(r"draining: /ready")
     # Whichever process accepts, it says it is draining (many tries reach both).
     assert {get(port, "/ready")[0] for _ in range(20)} == {503}
     assert router.wait(timeout=20) == 0
+    # The workers were told at once, not when the first process's delay ended.
+    lines = router.output.splitlines()
+    worker_drains = next(i for i, line in enumerate(lines) if re.search(r"\[worker 2\] draining", line))
+    first_closes = next(i for i, line in enumerate(lines) if re.search(r"\[worker 1\] drain delay over", line))
+    assert worker_drains < first_closes

@@ -127,3 +127,28 @@ def test_watch_config_follows_a_configmap_swap(tmp_path, backend_process, proces
         router.wait_for_line(r"\[worker %d\] config reloaded from .*: 2 models" % (worker,))
     assert {post_chat(port, "added")[0] for _ in range(6)} == {200}
     assert len([line for line in router.output.splitlines() if "changed: reloading" in line]) == 1
+
+
+def test_replica_health_survives_a_reload(tmp_path, start_router, backend_process):
+    """What the health checks learnt is kept per replica URL: a reload does not bring a down replica back."""
+    check = {"interval": 30, "failures": 1}
+    settings = {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url, "healthCheck": check}}}
+    assert get(backend_process.port, "/_health/503")[0] == 200
+    router = start_router(settings)
+    port = router.port()
+
+    def replicas():
+        return json.loads(get(port, "/status")[1])["routes"]
+
+    router.wait_for_line("is down after 1 failed health check")
+    assert post_chat(port)[0] == 503
+    # Healthy again, but the next probe is 30 s away: only the state kept
+    # across the reload can still say "down" (a fresh one would say "up").
+    assert get(backend_process.port, "/_health/200")[0] == 200
+    settings["models"]["n"] = {"url": backend_process.url}
+    write_config(tmp_path / "config.json", settings)
+    router.signal(signal.SIGHUP)
+    router.wait_for_line(r"config reloaded from .*: 2 model")
+    assert replicas()["m"]["replicas"][0]["state"] == "down"
+    assert replicas()["n"]["replicas"][0]["state"] == "down"  # the same URL
+    assert post_chat(port)[0] == 503
