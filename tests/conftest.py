@@ -19,6 +19,15 @@ from tests.helpers import build_site, dead_url
 
 
 @pytest.fixture
+def processes():
+    """Start processes with C{processes.append(...)}; all are stopped at the end."""
+    started = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
 def backend():
     site = backendlib.site(reactor)
     scripted = site.resource

@@ -4,15 +4,6 @@ from tests.e2e.procs import BackendProcess, Router, write_config
 
 
 @pytest.fixture
-def processes():
-    """Start processes with C{processes.append(...)}; all are stopped at the end."""
-    started = []
-    yield started
-    for process in reversed(started):
-        process.stop()
-
-
-@pytest.fixture
 def backend_process(processes):
     backend = BackendProcess()
     processes.append(backend)

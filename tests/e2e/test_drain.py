@@ -10,6 +10,7 @@ import pytest
 
 from tests import rawhttp
 from tests.e2e.test_cli import get, post_chat
+from tests.e2e.test_reload import open_stream
 
 
 def test_sigterm_keeps_serving_for_the_drain_delay_with_ready_at_503(start_router, backend_process):
@@ -18,10 +19,7 @@ def test_sigterm_keeps_serving_for_the_drain_delay_with_ready_at_503(start_route
     )
     port = router.port()
     assert get(port, "/ready") == (200, b'{"status": "ready"}')
-    body = json.dumps({"model": "m", "script": {"kind": "sse", "n": 50, "interval": 0.1}}).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as stream:
-        stream.sendall(rawhttp.request(b"POST", b"/v1/chat/completions", body))
-        rawhttp.read_until(stream, b"data: {")
+    with open_stream(port, n=50, interval=0.1) as stream:
         router.signal(signal.SIGTERM)
         router.wait_for_line("draining: /ready answers 503")
         # New connections are still accepted and served; only readiness changed.

@@ -68,46 +68,38 @@ def chat(model, content="Hello there", **extra):
 
 
 @pytest.fixture
-def started():
-    processes = []
-    yield processes
-    for process in reversed(processes):
-        process.stop()
-
-
-@pytest.fixture
-def two_servers(started):
+def two_servers(processes):
     a, b = LlamaServer("tiny-a"), LlamaServer("tiny-b")
-    started.extend([a, b])
+    processes.extend([a, b])
     return a.ready(), b.ready()
 
 
-def router(started, tmp_path, models, **settings):
+def router(processes, tmp_path, models, **settings):
     config = write_config(tmp_path / "config.json", {"listen": "127.0.0.1:0", "models": models, **settings})
     process = Router(config)
-    started.append(process)
+    processes.append(process)
     return process.port()
 
 
-def test_routing_by_name_reaches_each_server(started, tmp_path, two_servers):
+def test_routing_by_name_reaches_each_server(processes, tmp_path, two_servers):
     a, b = two_servers
-    port = router(started, tmp_path, {"tiny-a": {"url": a.url}, "tiny-b": {"url": b.url}})
+    port = router(processes, tmp_path, {"tiny-a": {"url": a.url}, "tiny-b": {"url": b.url}})
     for name in ("tiny-a", "tiny-b"):
         status, body = request(port, "POST", "/v1/chat/completions", chat(name))
         answer = json.loads(body)
         assert status == 200 and answer["model"] == name and answer["usage"]["completion_tokens"] > 0
 
 
-def test_embeddings_pass_through(started, tmp_path, two_servers):
+def test_embeddings_pass_through(processes, tmp_path, two_servers):
     a, _ = two_servers
-    port = router(started, tmp_path, {"tiny-a": {"url": a.url}})
+    port = router(processes, tmp_path, {"tiny-a": {"url": a.url}})
     status, body = request(port, "POST", "/v1/embeddings", {"model": "tiny-a", "input": "hello"})
     assert status == 200 and len(json.loads(body)["data"][0]["embedding"]) == 64
 
 
-def test_a_stream_arrives_while_the_server_still_generates(started, tmp_path, two_servers):
+def test_a_stream_arrives_while_the_server_still_generates(processes, tmp_path, two_servers):
     a, _ = two_servers
-    port = router(started, tmp_path, {"tiny-a": {"url": a.url}})
+    port = router(processes, tmp_path, {"tiny-a": {"url": a.url}})
     body = json.dumps(chat("tiny-a", stream=True, max_tokens=4000, ignore_eos=True)).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(rawhttp.request(b"POST", b"/v1/chat/completions", body))
@@ -118,9 +110,9 @@ def test_a_stream_arrives_while_the_server_still_generates(started, tmp_path, tw
     assert rest.count(b"data: {") > 100 and rest.endswith(b"0\r\n\r\n")
 
 
-def test_a_client_that_leaves_makes_the_server_stop_generating(started, tmp_path, two_servers):
+def test_a_client_that_leaves_makes_the_server_stop_generating(processes, tmp_path, two_servers):
     a, _ = two_servers
-    port = router(started, tmp_path, {"tiny-a": {"url": a.url}})
+    port = router(processes, tmp_path, {"tiny-a": {"url": a.url}})
     # Unstopped, this would generate for minutes.
     body = json.dumps(chat("tiny-a", stream=True, max_tokens=200000, ignore_eos=True)).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -131,10 +123,10 @@ def test_a_client_that_leaves_makes_the_server_stop_generating(started, tmp_path
     wait_for(lambda: a.busy_slots() == 0, timeout=20)
 
 
-def test_a_killed_server_goes_down_and_comes_back(started, tmp_path, two_servers):
+def test_a_killed_server_goes_down_and_comes_back(processes, tmp_path, two_servers):
     a, b = two_servers
     check = {"interval": 0.2, "timeout": 1, "failures": 1}
-    port = router(started, tmp_path, {"tiny": {"url": [a.url, b.url], "healthCheck": check}})
+    port = router(processes, tmp_path, {"tiny": {"url": [a.url, b.url], "healthCheck": check}})
 
     def states():
         status, body = request(port, "GET", "/status")
@@ -146,19 +138,19 @@ def test_a_killed_server_goes_down_and_comes_back(started, tmp_path, two_servers
     for _ in range(6):
         assert request(port, "POST", "/v1/chat/completions", chat("tiny"))[0] == 200
     again = LlamaServer("tiny-a", port=a.port)
-    started.append(again)
+    processes.append(again)
     wait_for(lambda: states() == ["up", "up"], timeout=60)
 
 
-def test_a_loading_server_answers_503_and_is_retried_then_taken_down(started, tmp_path, two_servers):
+def test_a_loading_server_answers_503_and_is_retried_then_taken_down(processes, tmp_path, two_servers):
     _, ready = two_servers
     fifo = tmp_path / "model.gguf"
     os.mkfifo(fifo)  # nobody writes: the server stays "Loading model" (503) until stopped
     loading = LlamaServer("tiny", model=str(fifo))
-    started.append(loading)
+    processes.append(loading)
     wait_for(lambda: loading.get("/health")[0] == 503)
     port = router(
-        started,
+        processes,
         tmp_path,
         {"retried": {"url": [loading.url, ready.url]}, "not-retried": {"url": [loading.url, ready.url], "retryOn": []}},
     )
@@ -167,7 +159,7 @@ def test_a_loading_server_answers_503_and_is_retried_then_taken_down(started, tm
     assert seen == {200, 503}
     # Health is kept per replica URL: checked, the loading one is down for every route.
     checks = {"interval": 0.2, "failures": 1}
-    port = router(started, tmp_path, {"checked": {"url": [loading.url, ready.url], "healthCheck": checks}})
+    port = router(processes, tmp_path, {"checked": {"url": [loading.url, ready.url], "healthCheck": checks}})
 
     def checked_states():
         body = json.loads(request(port, "GET", "/status")[1])
