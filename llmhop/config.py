@@ -107,7 +107,8 @@ class Timeouts:
 # Timeouts that may be 0 (off).
 _MAY_BE_ZERO = frozenset({"drainDelay"})
 
-POLICIES = ("least-in-flight", "prefix-affinity", "session-affinity")
+LEAST_IN_FLIGHT = "least-in-flight"
+POLICIES = (LEAST_IN_FLIGHT, "prefix-affinity", "session-affinity")
 DEFAULT_RETRY_ON = (429, 503)
 DEFAULT_AFFINITY_BYTES = 2048
 DEFAULT_AFFINITY_HEADER = "X-Session-Id"

@@ -19,7 +19,7 @@ from twisted.web.http_headers import Headers
 
 from llmhop import affinity, errors
 from llmhop.auth import Authenticator
-from llmhop.config import POLICIES
+from llmhop.config import LEAST_IN_FLIGHT
 from llmhop.extract import SMALL_BODY, Body, ModelError, keyed_spans, model_of, renamed
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
@@ -36,7 +36,6 @@ METRICS_PATH = b"/metrics"
 MODELS_PATH = b"/v1/models"
 _MODEL_PREFIX = MODELS_PATH + b"/"
 _READ_METHODS = (b"GET", b"HEAD")
-LEAST_IN_FLIGHT = POLICIES[0]
 _BUILTIN = frozenset((*HEALTH_PATHS, READY_PATH, STATUS_PATH, MODELS_PATH))
 
 
@@ -144,7 +143,7 @@ class Gateway(ScreeningResource):
         request.route = route.name
         routes = [route, *self.routes.fallbacks_of(route)]
         if all(r.all_down for r in routes):
-            retry_after = max(r.health_check.interval if r.health_check else 1.0 for r in routes)
+            retry_after = max(r.retry_after for r in routes)
             raise errors.Refusal(errors.model_unavailable(model, max(1, math.ceil(retry_after))))
         if any(r.policy != LEAST_IN_FLIGHT for r in routes):
             request.affinity = _affinity_keys(routes, request)

@@ -112,7 +112,7 @@ class Metrics:
         self.upstream_failures = Counter(
             "llmhop_upstream_failures",
             "Backend attempts that failed, by model route and kind "
-            "(refused, timeout, tls, bad-response, stalled, died).",
+            "(refused, timeout, tls, bad-response, stalled, died, status-NNN for a retryOn answer passed over).",
             ["model", "kind"],
             registry=registry,
         )

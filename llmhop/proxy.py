@@ -247,7 +247,7 @@ class Attempts:
 
     def _next(self) -> None:
         """The next replica of the route, else the next fallback route, else the end: every route is down."""
-        self._retry_after = max(self._retry_after, _retry_after(self.route))
+        self._retry_after = max(self._retry_after, self.route.retry_after)
         index = self.route.pick(self.upstream.reactor.seconds(), self._tried, self.keys.get(self.route.name))
         if index is not None:
             self._attempt(index)
@@ -356,11 +356,6 @@ class Attempts:
             self.route.health[self.replica].in_flight -= 1
             self.route.state.in_flight -= 1
             self.replica = None
-
-
-def _retry_after(route: Route) -> float:
-    """When a route whose replicas are all down may be back: its next probe."""
-    return route.health_check.interval if route.health_check is not None else 1.0
 
 
 class _Discard(Protocol):

@@ -171,6 +171,11 @@ class Route:
         """Whether active health checks took every replica down."""
         return all(h.down for h in self.health)
 
+    @property
+    def retry_after(self) -> float:
+        """When a route whose replicas are all down may be back: its next probe."""
+        return self.health_check.interval if self.health_check is not None else 1.0
+
     def pick(self, now: float, tried: frozenset[int], key_digest: Optional[bytes] = None) -> Optional[int]:
         """The replica for the next attempt, or None when no untried one is up.
 

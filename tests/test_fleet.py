@@ -41,6 +41,9 @@ def test_a_replica_answering_503_is_passed_over_for_the_next(make_router, make_b
         assert response.code == 200
     assert full.refused >= 1 and free.served == 4
     assert router.routes.routes["m"].health[0].last_error == "answered 503"
+    samples = yield scrape(router)
+    kind = ("llmhop_upstream_failures_total", (("kind", "status-503"), ("model", "m")))
+    assert samples[kind] == full.refused
 
 
 @inlineCallbacks
