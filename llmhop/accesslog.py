@@ -64,10 +64,12 @@ class AccessLog:
         duration: float,
         outcome: str,
         fallback: Optional[str] = None,
+        token: str = "",
     ) -> None:
         """The line for one request: what the client sent is escaped, so no client can forge a line.
 
         C{fallback}: the route that answered instead of the model's own (SPEC §6).
+        C{token}: the name of the client's token (SPEC §7; config-checked, so never escaped).
         """
         fields = {
             "method": printable(method),
@@ -88,7 +90,9 @@ class AccessLog:
         )
         if fallback is not None:
             line += " fallback=" + printable(fallback.encode("utf-8", "replace"))
-        self(line, bytes=sent, duration=duration, outcome=outcome, **fields)
+        if token:
+            line += " token=" + token
+        self(line, bytes=sent, duration=duration, outcome=outcome, token=token, **fields)
 
     def __call__(self, line: str, **fields: object) -> None:
         if self.stream is None:

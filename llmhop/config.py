@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from llmhop import secrets
+from llmhop.auth import ClientToken
 from llmhop.errors import ConfigError, tell
 
 # Expands the secret references in a value found at a place of the file.
@@ -45,6 +46,7 @@ _TIMEOUT_KEYS = _keys(_SCHEMA["properties"]["timeouts"])
 _METRICS_KEYS = _keys(_SCHEMA["properties"]["metrics"])
 _MODEL_KEYS = _keys(_SCHEMA["$defs"]["model"])
 _HEALTH_KEYS = _keys(_SCHEMA["$defs"]["healthCheck"])
+_TOKEN_KEYS = _keys(_SCHEMA["$defs"]["clientToken"])
 
 DEFAULT_LISTEN = ":8080"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -55,6 +57,7 @@ _MAX_SOCKET_PATH = 107
 # Endpoint types whose strings would otherwise look like the Go "HOST:PORT" form.
 _ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "le", "lets", "onion"}
 _GO_LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]/]*):(?P<port>\d{1,5})")
+_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Tokens that examples and manifests write for "put yours here": accepted,
 # they would let in anyone who read the example.
@@ -171,7 +174,7 @@ class MetricsConfig:
 class Config:
     listen: str  # a Twisted server endpoint description
     models: Mapping[str, ModelConfig]
-    auth_tokens: tuple[str, ...] = attrs.field(default=(), repr=False)
+    auth_tokens: tuple[ClientToken, ...] = attrs.field(default=(), repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timeouts: Timeouts = Timeouts()
     workers: int = 1
@@ -495,25 +498,71 @@ def _header(name: str, value: Any, place: str, secret: Secret) -> tuple[str, str
     return name, expanded
 
 
-def _tokens(value: Any, secret: Secret) -> tuple[str, ...]:
+def _tokens(value: Any, secret: Secret) -> tuple[ClientToken, ...]:
     if not isinstance(value, list):
-        raise ConfigError("authTokens", "expected a list of strings")
-    tokens = []
-    for index, item in enumerate(value):
-        place = "authTokens[%d]" % (index,)
-        token = secret(_string(item, place), place)
-        if not token.strip():
-            raise ConfigError(place, "an empty token would let anyone in")
-        if any(c.isspace() for c in token) or not token.isascii():
-            raise ConfigError(place, "a bearer token must be ASCII without spaces")
-        if _PLACEHOLDER.fullmatch(token):
-            raise ConfigError(
-                place,
-                "a placeholder (such as replace-me) would let in anyone who read the example: "
-                "put a real token there (e.g. from: openssl rand -hex 32)",
-            )
-        tokens.append(token)
+        raise ConfigError("authTokens", "expected a list of tokens (strings, or objects with token, name, models)")
+    tokens = [_client_token(item, "authTokens[%d]" % (index,), index, secret) for index, item in enumerate(value)]
+    _distinct([t.token for t in tokens], "authTokens", "the same token twice: which name and scope apply is unclear")
+    _distinct([t.name for t in tokens], "authTokens", "the same name twice: log lines and metrics would mix tokens")
     return tuple(tokens)
+
+
+def _client_token(item: Any, place: str, index: int, secret: Secret) -> ClientToken:
+    """One entry: a string (every model, named token-<index>) or an object (SPEC §7, token scopes)."""
+    name, models = "token-%d" % (index,), None
+    if isinstance(item, dict):
+        _known(item, place, _TOKEN_KEYS)
+        if "name" in item:
+            name = _label(item["name"], place + ".name")
+        if "models" in item:
+            models = _scope(item["models"], place + ".models")
+        token_place = place + ".token"
+        token = secret(_string(item.get("token"), token_place, required=True), token_place)
+    else:
+        token_place = place
+        token = secret(_string(item, place), place)
+    _check_token(token, token_place)
+    return ClientToken(token, name, models)
+
+
+def _check_token(token: str, place: str) -> None:
+    if not token.strip():
+        raise ConfigError(place, "an empty token would let anyone in")
+    if any(c.isspace() for c in token) or not token.isascii():
+        raise ConfigError(place, "a bearer token must be ASCII without spaces")
+    if _PLACEHOLDER.fullmatch(token):
+        raise ConfigError(
+            place,
+            "a placeholder (such as replace-me) would let in anyone who read the example: "
+            "put a real token there (e.g. from: openssl rand -hex 32)",
+        )
+
+
+def _label(value: Any, place: str) -> str:
+    """A token's name: it becomes a metrics label value and an access-log field."""
+    name = _string(value, place)
+    if not _LABEL.fullmatch(name):
+        raise ConfigError(place, "1 to 64 letters, digits and . _ - (it labels log lines and metrics)")
+    return name
+
+
+def _scope(value: Any, place: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(place, "expected a non-empty list of model names or prefixes ending in * (none: all)")
+    patterns = []
+    for index, item in enumerate(value):
+        pattern = _string(item, "%s[%d]" % (place, index), required=True)
+        if not pattern:
+            raise ConfigError("%s[%d]" % (place, index), "an empty name matches no model")
+        if "*" in pattern[:-1]:
+            raise ConfigError("%s[%d]" % (place, index), "* may only end a prefix, as in qwen/*")
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
+def _distinct(values: list[str], place: str, message: str) -> None:
+    if len(set(values)) != len(values):
+        raise ConfigError(place, message)
 
 
 def _timeouts(value: Any) -> Timeouts:

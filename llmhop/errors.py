@@ -92,10 +92,21 @@ def method_not_allowed(allowed: bytes) -> ApiError:
 def unauthorized() -> ApiError:
     return ApiError(
         401,
-        "Missing or invalid bearer token in the Authorization header.",
+        "Missing or invalid client token (send it as Authorization: Bearer, x-api-key, x-goog-api-key or api-key).",
         "invalid_request_error",
         "invalid_api_key",
         headers=((b"WWW-Authenticate", b"Bearer"),),
+    )
+
+
+def model_not_allowed(model: str) -> ApiError:
+    """A token scope leaves C{model} out (SPEC §7)."""
+    return ApiError(
+        403,
+        "This token may not use the model %s." % (json.dumps(model),),
+        "invalid_request_error",
+        "model_not_allowed",
+        "model",
     )
 
 

@@ -15,12 +15,12 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
-from twisted.web.http_headers import Headers
 
 from llmhop import affinity, errors
-from llmhop.auth import Authenticator
+from llmhop.auth import ANYONE, Authenticator, ClientToken
 from llmhop.config import LEAST_IN_FLIGHT
 from llmhop.extract import SMALL_BODY, Body, ModelError, keyed_spans, model_of, renamed
+from llmhop.framing import RequestLine
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
 from llmhop.routing import ReplicaHealth, Route, RoutingTable
@@ -55,15 +55,17 @@ class Gateway(ScreeningResource):
     def __attrs_post_init__(self) -> None:
         resource.Resource.__init__(self)
 
-    def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
-        """The answer to a request that must not get past its headers, or None."""
-        invalid = check_target(target)
+    def screen(self, request: "GatewayRequest", line: RequestLine, length: Optional[int]) -> Optional[errors.ApiError]:
+        """The answer to a request that must not get past its head, or None; notes the client's token."""
+        invalid = check_target(line.target)
         if invalid is not None:
             return invalid
-        path = target.partition(b"?")[0]
+        path = line.path
         open_path = path in HEALTH_PATHS or path == READY_PATH or (path == METRICS_PATH and self.public_metrics)
-        if not open_path and not self.auth.allows(headers.getRawHeaders(b"authorization")):
+        token = self.auth.identify(request.requestHeaders)
+        if token is None and not open_path:
             return errors.unauthorized()
+        request.token = token
         if length is not None and length > self.max_body_bytes:
             return errors.body_too_large(self.max_body_bytes)
         return None
@@ -88,14 +90,16 @@ class Gateway(ScreeningResource):
             else:
                 document = {"status": "ready"}
         elif path == STATUS_PATH:
-            document = status(self.routes, self.upstream.reactor.seconds())
+            document = status(self.routes, self.upstream.reactor.seconds(), _token_of(request))
         elif path == MODELS_PATH:
-            document = {"object": "list", "data": [_model_object(n) for n in self.routes.names()]}
+            token = _token_of(request)
+            document = {"object": "list", "data": [_model_object(n) for n in self.routes.names() if token.allows(n)]}
         else:
             name = unquote_to_bytes(path[len(_MODEL_PREFIX) :]).decode("utf-8", "surrogateescape")
             # Any name a request could be routed with: unlisted ones and the
-            # names prefix routes match too.
-            if self.routes.lookup(name) is None:
+            # names prefix routes match too.  One outside the token's scope
+            # does not exist for it (as OpenAI answers).
+            if self.routes.lookup(name) is None or not _token_of(request).allows(name):
                 return self._fail(request, errors.model_not_found(name))
             document = _model_object(name)
         body = json.dumps(document).encode("utf-8")
@@ -137,6 +141,8 @@ class Gateway(ScreeningResource):
     def _routed(self, model: str, request: "GatewayRequest") -> Union[Route, defer.Deferred]:
         """The route for C{model}; once the body names the backend's model, if the route renames it."""
         request.model = model
+        if not _token_of(request).allows(model):
+            raise errors.Refusal(errors.model_not_allowed(model))
         route = self.routes.lookup(model)
         if route is None:
             raise errors.Refusal(errors.model_not_found(model))
@@ -222,18 +228,27 @@ def _through(_: object, route: Route) -> Route:
     return route
 
 
-def status(routes: RoutingTable, now: float) -> dict:
+def status(routes: RoutingTable, now: float, token: ClientToken = ANYONE) -> dict:
     """GET /status: every route's replicas, their state and what went wrong last (SPEC §6).
 
     URLs are as configured, which never hold credentials (the config
-    refuses them); injected headers are not shown.
+    refuses them); injected headers are not shown.  A scoped token sees
+    the routes whose names it may use.
     """
     return {
         "routes": {
             name: {"replicas": [_replica_status(r.url, h, now) for r, h in zip(route.replicas, route.health)]}
             for name, route in sorted(routes.routes.items())
+            if token.allows(name)
         }
     }
+
+
+def _token_of(request: "GatewayRequest") -> ClientToken:
+    # Every request that reaches the resource passed the screen, which noted its token.
+    token = request.token
+    assert token is not None, "the screen notes the token of every request it lets through"
+    return token
 
 
 def _replica_status(url: str, health: ReplicaHealth, now: float) -> dict:

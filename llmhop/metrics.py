@@ -93,7 +93,10 @@ class Metrics:
             # figures would stand for none of them: left out there.
             ProcessCollector(registry=registry)
         self.requests = Counter(
-            "llmhop_requests", "Requests answered, by model route and status.", ["model", "status"], registry=registry
+            "llmhop_requests",
+            "Requests answered, by model route, status and client token name (empty without auth).",
+            ["model", "status", "token"],
+            registry=registry,
         )
         self.duration = Histogram(
             "llmhop_request_duration_seconds",
@@ -138,7 +141,7 @@ class Metrics:
         )
         # Label children, looked up once: .labels() costs a lock and a dict.
         self._per_model: dict[str, _RouteMetrics] = {}
-        self._per_status: dict[tuple[str, str], Counter] = {}
+        self._per_status: dict[tuple[str, str, str], Counter] = {}
 
     def _route(self, model: str) -> "_RouteMetrics":
         children = self._per_model.get(model)
@@ -161,11 +164,13 @@ class Metrics:
         first_byte: Optional[float],
         received: int,
         sent: int,
+        token: str = "",
     ) -> None:
         children = self._route(model)
-        counter = self._per_status.get((model, status))
+        key = (model, status, token)
+        counter = self._per_status.get(key)
         if counter is None:
-            counter = self._per_status[(model, status)] = self.requests.labels(model, status)
+            counter = self._per_status[key] = self.requests.labels(model, status, token)
         counter.inc()
         children.duration.observe(duration)
         if first_byte is not None:

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from llmhop import errors
 from llmhop.accesslog import Outcome
+from llmhop.auth import CREDENTIAL_HEADERS
 from llmhop.extract import renamed
 from llmhop.metrics import Metrics
 from llmhop.routing import Route
@@ -43,8 +44,8 @@ FALLBACK_HEADER = b"X-Llmhop-Fallback"
 
 # RFC 9110 §7.6.1: hop-by-hop fields are for one connection only.  Host and
 # Content-Length are recomputed for the backend connection; Expect was dealt
-# with here; Authorization (when llmhop checks tokens) is the gateway's
-# credential, not the backend's.
+# with here; the credential headers (when llmhop checks tokens) carry the
+# gateway's credential, not the backend's (SPEC §7).
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -75,7 +76,7 @@ def _hop_by_hop(name: bytes, named: frozenset) -> bool:
     return name in _HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
-def upstream_headers(request: "GatewayRequest", route: Route, strip_authorization: bool) -> Headers:
+def upstream_headers(request: "GatewayRequest", route: Route, strip_credentials: bool) -> Headers:
     """The headers to send to C{route}'s backend for the client's C{request} (Host is set per replica)."""
     incoming = request.requestHeaders
     named = _connection_tokens(incoming)
@@ -87,7 +88,7 @@ def upstream_headers(request: "GatewayRequest", route: Route, strip_authorizatio
         key = lower.replace(b"_", b"-") if b"_" in lower else lower
         if key in _NOT_FORWARDED or _hop_by_hop(key, named) or key in route.replaced:
             continue
-        if (strip_authorization and key == b"authorization") or (key == _TWIN_ONLY and key != lower):
+        if (strip_credentials and key in CREDENTIAL_HEADERS) or (key == _TWIN_ONLY and key != lower):
             continue
         out.setRawHeaders(name, values)
     peer = request.getClientAddress()
@@ -160,7 +161,7 @@ class Upstream:
     reactor: IReactorTime
     response_timeout: float
     read_timeout: float
-    strip_authorization: bool
+    strip_credentials: bool
     cooldown: float = 10.0
     metrics: Optional[Metrics] = None
 
@@ -172,7 +173,7 @@ class Upstream:
         keys: Optional[Mapping[str, bytes]] = None,
     ) -> None:
         """Send C{request} to C{route} (then to C{fallbacks}), with the affinity C{keys} per route name."""
-        headers = upstream_headers(request, route, self.strip_authorization)
+        headers = upstream_headers(request, route, self.strip_credentials)
         Exchange(request, route, self, headers, list(fallbacks), keys or {}).start()
 
     def send(self, request: "GatewayRequest", url: bytes, host: bytes, headers: Headers) -> defer.Deferred:
@@ -331,7 +332,7 @@ class Attempts:
     def _renamed(self, body: bytes) -> None:
         self._pending = None
         self.request.body = body
-        self.headers = upstream_headers(self.request, self.route, self.upstream.strip_authorization)
+        self.headers = upstream_headers(self.request, self.route, self.upstream.strip_credentials)
         self._next()
 
     def _rename_failed(self, reason: Failure) -> None:

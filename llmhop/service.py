@@ -73,7 +73,7 @@ def build_gateway(
             reactor,
             config.timeouts.response,
             config.timeouts.read,
-            strip_authorization=auth.enabled,
+            strip_credentials=auth.enabled,
             cooldown=config.timeouts.replicaCooldown,
             metrics=metrics,
         ),

@@ -32,10 +32,10 @@ from twisted.internet.interfaces import IConsumer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
-from twisted.web.http_headers import Headers
 
 from llmhop import config as configlib, errors, framing, internals
 from llmhop.accesslog import AccessLog, Outcome
+from llmhop.auth import ClientToken
 from llmhop.extract import Spans
 from llmhop.metrics import Metrics
 from llmhop.writethrough import WriteThroughMixin
@@ -69,6 +69,8 @@ class GatewayRequest(server.Request):
     spans: Optional[Spans] = None
     # Route name → the affinity key's digest under that route's policy.
     affinity: Mapping[str, bytes] = {}
+    # The client's token, once its head passed the screen (L{llmhop.auth.ANYONE} without auth).
+    token: Optional[ClientToken] = None
     outcome = Outcome.NORMAL
     first_byte: Optional[float] = None
     channel: "GatewayChannel"
@@ -154,8 +156,9 @@ class GatewayRequest(server.Request):
             self._site.request_ended(self)
         status = self.code if self.startedWriting else None
         duration = time.monotonic() - self.started
+        token = "" if self.token is None else self.token.name
         self._site.access_log.request(
-            self.method, self.path, self.model, status, self.sentLength, duration, self.outcome, self.fallback
+            self.method, self.path, self.model, status, self.sentLength, duration, self.outcome, self.fallback, token
         )
         metrics = self._site.metrics
         if metrics is not None:
@@ -166,6 +169,7 @@ class GatewayRequest(server.Request):
                 None if self.first_byte is None else self.first_byte - self.started,
                 self.received(),
                 self.sentLength,
+                token,
             )
 
 
@@ -305,7 +309,7 @@ class GatewayChannel(http.HTTPChannel):
             self.reject(request, e.error)
             return
         declared = length if isinstance(length, int) else None
-        error = self.site.screen(line.target, request.requestHeaders, declared)
+        error = self.site.screen(request, line, declared)
         if error is not None:
             self.reject(request, error)
             return
@@ -398,8 +402,13 @@ class ScreeningResource(resource.Resource):
 
     max_body_bytes: int
 
-    def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
-        """The answer to a request that must not get past its headers (target, auth, declared size), or None."""
+    def screen(
+        self, request: GatewayRequest, line: framing.RequestLine, length: Optional[int]
+    ) -> Optional[errors.ApiError]:
+        """The answer to a request that must not get past its head (target, auth, declared size), or None.
+
+        It may note on C{request} what it learnt (the client's token).
+        """
         raise NotImplementedError
 
 
@@ -442,9 +451,11 @@ class GatewaySite(server.Site):
     def max_body_bytes(self) -> int:
         return self.gateway.max_body_bytes
 
-    def screen(self, target: bytes, headers: Headers, length: Optional[int]) -> Optional[errors.ApiError]:
-        """The answer to a request that must not get past its headers, or None (L{ScreeningResource.screen})."""
-        return self.gateway.screen(target, headers, length)
+    def screen(
+        self, request: GatewayRequest, line: framing.RequestLine, length: Optional[int]
+    ) -> Optional[errors.ApiError]:
+        """The answer to a request that must not get past its head, or None (L{ScreeningResource.screen})."""
+        return self.gateway.screen(request, line, length)
 
     def log(self, request: http.Request) -> None:
         """The access log is GatewayRequest's: it also covers aborted requests."""

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from llmhop import config as configlib, secrets
+from llmhop.auth import ClientToken
 from llmhop.errors import ConfigError
 
 MODELS = {"m": {"url": "http://127.0.0.1:8000"}}
@@ -229,7 +230,62 @@ def test_placeholder_client_tokens_are_refused(token):
 
 @pytest.mark.parametrize("token", ["replace-me-3f9c1a", "sk-token-123", "secret-sauce", "tok", "x1"])
 def test_tokens_that_only_contain_such_words_are_fine(token):
-    assert configlib.parse({"authTokens": [token], "models": MODELS}, {}).auth_tokens == (token,)
+    assert configlib.parse({"authTokens": [token], "models": MODELS}, {}).auth_tokens == (
+        ClientToken(token, "token-0"),
+    )
+
+
+def test_token_entries_are_strings_or_objects_with_a_name_and_a_scope():
+    config = configlib.parse(
+        {
+            "authTokens": [
+                "tok-plain-1",
+                {"token": "${env:T}", "name": "team-a", "models": ["llama-3-8b", "qwen/*"]},
+                {"token": "tok-nameless-3"},
+            ],
+            "models": MODELS,
+        },
+        {"T": "tok-from-env-2"},
+    )
+    assert config.auth_tokens == (
+        ClientToken("tok-plain-1", "token-0"),
+        ClientToken("tok-from-env-2", "team-a", ("llama-3-8b", "qwen/*")),
+        ClientToken("tok-nameless-3", "token-2"),
+    )
+    scoped = config.auth_tokens[1]
+    assert [scoped.allows(m) for m in ("llama-3-8b", "llama-3-8b-x", "qwen/2.5", "qwen", "")] == [
+        True,
+        False,
+        True,
+        False,
+        False,
+    ]
+    # The secret never shows in a repr (tracebacks, debug logs).
+    assert "tok-from-env-2" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "tokens, error",
+    [
+        ("tok-1", "authTokens: expected a list of tokens (strings, or objects with token, name, models)"),
+        ([{"name": "a"}], "authTokens[0].token: required"),
+        ([{"token": ""}], "authTokens[0].token: an empty token would let anyone in"),
+        ([{"token": "your-token-here"}], "authTokens[0].token: a placeholder (such as replace-me)"),
+        ([{"token": "tok-1", "scope": []}], "authTokens[0].scope: unknown key"),
+        ([{"token": "tok-1", "name": "team a"}], "authTokens[0].name: 1 to 64 letters, digits and . _ -"),
+        ([{"token": "tok-1", "name": "x" * 65}], "authTokens[0].name: 1 to 64 letters"),
+        ([{"token": "tok-1", "models": []}], "authTokens[0].models: expected a non-empty list"),
+        ([{"token": "tok-1", "models": "m"}], "authTokens[0].models: expected a non-empty list"),
+        ([{"token": "tok-1", "models": ["a*b"]}], "authTokens[0].models[0]: * may only end a prefix"),
+        ([{"token": "tok-1", "models": [""]}], "authTokens[0].models[0]: an empty name matches no model"),
+        (["tok-1", {"token": "tok-1", "name": "b"}], "authTokens: the same token twice"),
+        (["tok-1", {"token": "tok-2", "name": "token-0"}], "authTokens: the same name twice"),
+    ],
+)
+def test_bad_token_entries_name_their_place(tokens, error):
+    with pytest.raises(ConfigError) as raised:
+        configlib.parse({"authTokens": tokens, "models": MODELS}, {})
+    assert str(raised.value).startswith(error)
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def echoed(content):
 
 
 def requests_of(samples, model, status):
-    return samples.get(("llmhop_requests_total", (("model", model), ("status", status))), 0)
+    return samples.get(("llmhop_requests_total", (("model", model), ("status", status), ("token", ""))), 0)
 
 
 # --- retry on refusal ------------------------------------------------------

@@ -24,10 +24,10 @@ def test_requests_durations_bytes_and_failures_by_model(make_router, backend):
     assert (yield post(router, b'{"model": "down"}'))[0].code == 502
     assert (yield post(router, b'{"model": "nope"}'))[0].code == 404
     samples = yield scrape(router)
-    assert value(samples, "llmhop_requests_total", model="m", status="200") == 5
-    assert value(samples, "llmhop_requests_total", model="down", status="502") == 1
+    assert value(samples, "llmhop_requests_total", model="m", status="200", token="") == 5
+    assert value(samples, "llmhop_requests_total", model="down", status="502", token="") == 1
     # A name no route matches is counted without it: clients cannot grow the label set.
-    assert value(samples, "llmhop_requests_total", model="", status="404") == 1
+    assert value(samples, "llmhop_requests_total", model="", status="404", token="") == 1
     assert value(samples, "llmhop_request_duration_seconds_count", model="m") == 5
     assert value(samples, "llmhop_time_to_first_byte_seconds_count", model="m") == 5
     assert value(samples, "llmhop_request_bytes_total", model="m") == sum(len(b) for b in bodies)
@@ -43,7 +43,7 @@ def test_prefix_routes_are_labelled_by_their_pattern(make_router, backend):
     for i in range(3):
         assert (yield post(router, json.dumps({"model": "local/%d" % (i,)}).encode()))[0].code == 200
     samples = yield scrape(router)
-    assert value(samples, "llmhop_requests_total", model="local/*", status="200") == 3
+    assert value(samples, "llmhop_requests_total", model="local/*", status="200", token="") == 3
     assert not any(
         dict(labels).get("model", "").startswith("local/") and dict(labels)["model"] != "local/*"
         for _, labels in samples

@@ -31,7 +31,7 @@ class ScriptedUpstream(Upstream):
 
 
 def upstream(clock):
-    return ScriptedUpstream(None, clock, RESPONSE_TIMEOUT, READ_TIMEOUT, strip_authorization=False)
+    return ScriptedUpstream(None, clock, RESPONSE_TIMEOUT, READ_TIMEOUT, strip_credentials=False)
 
 
 class Request(DummyRequest):

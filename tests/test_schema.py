@@ -139,11 +139,20 @@ MODEL_VALUES = {
 MODEL_ENTRY = st.fixed_dictionaries({"url": mostly(st.one_of(URLS, st.lists(URLS, max_size=3)))}, optional=MODEL_VALUES)
 NAMES = st.sampled_from(["m", "n", "local/*", "*", "m2", "o/*", "p", "q", "a*b", ""])
 MODELS = st.dictionaries(NAMES, mostly(MODEL_ENTRY), min_size=1, max_size=3)
+TOKEN_OBJECT = st.fixed_dictionaries(
+    {},
+    optional={
+        "token": mostly(st.sampled_from(["tok-2", ""])),
+        "name": mostly(st.sampled_from(["team-a", "team a", ""])),
+        "models": mostly(st.lists(st.sampled_from(["m", "qwen/*", "a*b", ""]), max_size=2)),
+        "x": ANY,
+    },
+)
 TOP = st.fixed_dictionaries(
     {"models": mostly(MODELS)},
     optional={
         "listen": mostly(st.sampled_from([":8080", "127.0.0.1:1", "unix:/x", "nonsense"])),
-        "authTokens": mostly(st.lists(st.sampled_from(["tok-1", "", "${env:X}"]), max_size=2)),
+        "authTokens": mostly(st.lists(st.sampled_from(["tok-1", "", "${env:X}"]) | TOKEN_OBJECT, max_size=2)),
         "maxBodyBytes": mostly(st.integers(0, 10)),
         "workers": mostly(st.integers(0, 3) | st.integers(250, 260)),
         "timeouts": mostly(

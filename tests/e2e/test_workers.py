@@ -346,7 +346,11 @@ def scrape_total(port, model="m", status="200"):
     assert code == 200
     for family in text_string_to_metric_families(text.decode()):
         for sample in family.samples:
-            if sample.name == "llmhop_requests_total" and sample.labels == {"model": model, "status": status}:
+            if sample.name == "llmhop_requests_total" and sample.labels == {
+                "model": model,
+                "status": status,
+                "token": "",
+            }:
                 return sample.value
     return 0
 
