@@ -69,6 +69,15 @@ def unroutable_body(message: str, code: str, param: Optional[str]) -> ApiError:
     return ApiError(400, message, "invalid_request_error", code, param)
 
 
+def path_model_required() -> ApiError:
+    return ApiError(
+        400,
+        "Name the model in the path: /route/<model>/<path> (a / in the name written %2F).",
+        "invalid_request_error",
+        "model_required",
+    )
+
+
 def model_not_found(model: str) -> ApiError:
     return ApiError(
         404,

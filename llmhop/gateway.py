@@ -25,7 +25,7 @@ from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from llmhop.proxy import Upstream
 from llmhop.routing import ReplicaHealth, Route, RoutingTable
 from llmhop.site import GatewayRequest, ScreeningResource
-from llmhop.target import check_target
+from llmhop.target import ROUTE_PREFIX, check_target
 
 T = TypeVar("T")
 
@@ -76,6 +76,8 @@ class Gateway(ScreeningResource):
             return self._builtin(request, path)
         if path == METRICS_PATH and self.metrics is not None:
             return self._metrics(request, self.metrics)
+        if path.startswith(ROUTE_PREFIX):
+            return self._forward_by_path(request)
         return self._forward(request)
 
     def _builtin(self, request: "GatewayRequest", path: bytes) -> object:
@@ -133,6 +135,23 @@ class Gateway(ScreeningResource):
         forwarding.callback(request.body)
         return server.NOT_DONE_YET
 
+    def _forward_by_path(self, request: "GatewayRequest") -> object:
+        """/route/<model>/<rest>: the model from the path, the body forwarded unread (SPEC §7)."""
+        model, target = path_route(request.uri)
+        if not model:
+            return self._fail(request, errors.path_model_required())
+        request.forward_target = target
+        # Any content type, any encoding: nothing reads it.  Neither spans
+        # nor a body key: affinity goes by header, if the policy has one.
+        request.spans = {}
+        forwarding: defer.Deferred = defer.Deferred()
+        forwarding.addCallback(self._routed, request)
+        forwarding.addCallback(self._admitted, request)
+        forwarding.addCallback(self._send, request)
+        forwarding.addErrback(self._refused, request)
+        forwarding.callback(model)
+        return server.NOT_DONE_YET
+
     def _model(self, body: Body, request: "GatewayRequest") -> Union[str, defer.Deferred]:
         if len(body) > SMALL_BODY:
             request.spans = {}
@@ -147,13 +166,13 @@ class Gateway(ScreeningResource):
         if route is None:
             raise errors.Refusal(errors.model_not_found(model))
         request.route = route.name
-        routes = [route, *self.routes.fallbacks_of(route)]
+        routes = [route, *self._fallbacks(route, request)]
         if all(r.all_down for r in routes):
             retry_after = max(r.retry_after for r in routes)
             raise errors.Refusal(errors.model_unavailable(model, max(1, math.ceil(retry_after))))
         if any(r.policy != LEAST_IN_FLIGHT for r in routes):
             request.affinity = _affinity_keys(routes, request)
-        forwarded = route.forwarded_model(model)
+        forwarded = None if request.forward_target is not None else route.forwarded_model(model)
         if forwarded is None:
             return route
         body = renamed(request.body, request.getHeader(b"content-type"), forwarded)
@@ -175,7 +194,11 @@ class Gateway(ScreeningResource):
 
     def _send(self, route: Route, request: "GatewayRequest") -> None:
         if not request.gone:
-            self.upstream.forward(request, route, self.routes.fallbacks_of(route), request.affinity)
+            self.upstream.forward(request, route, self._fallbacks(route, request), request.affinity)
+
+    def _fallbacks(self, route: Route, request: "GatewayRequest") -> list[Route]:
+        """C{route}'s fallbacks; none for a path-routed request, whose body names no model to rewrite."""
+        return [] if request.forward_target is not None else self.routes.fallbacks_of(route)
 
     def _refused(self, failure: Failure, request: "GatewayRequest") -> None:
         if failure.check(defer.CancelledError) or request.gone:
@@ -189,6 +212,19 @@ class Gateway(ScreeningResource):
     def _fail(self, request: http.Request, error: errors.ApiError) -> object:
         errors.respond(request, error)
         return server.NOT_DONE_YET
+
+
+def path_route(target: bytes) -> tuple[str, bytes]:
+    """The model and the backend's target of C{/route/<model>/<rest>?<query>}: (model, C{/<rest>?<query>}).
+
+    The model is one percent-decoded segment (a C{/} in it is C{%2F}); the
+    rest stays as the client wrote it.  The target passed L{check_target},
+    so the segment decodes to UTF-8.
+    """
+    path, question, query = target.partition(b"?")
+    segment, _, rest = path[len(ROUTE_PREFIX) :].partition(b"/")
+    model = unquote_to_bytes(segment).decode("utf-8", "surrogateescape")
+    return model, b"/" + rest + question + query
 
 
 def _until_gone(step: T, request: "GatewayRequest") -> T:

@@ -179,7 +179,8 @@ class Upstream:
     def send(self, request: "GatewayRequest", url: bytes, host: bytes, headers: Headers) -> defer.Deferred:
         headers.setRawHeaders(b"Host", [host])
         body = BodyProducer(request.body) if request.body or request.method not in (b"GET", b"HEAD") else None
-        return defer.maybeDeferred(self.agent.request, request.method, url + request.uri, headers, body)
+        target = request.uri if request.forward_target is None else request.forward_target
+        return defer.maybeDeferred(self.agent.request, request.method, url + target, headers, body)
 
     def failed(self, route: Route, kind: str) -> None:
         if self.metrics is not None:

@@ -69,6 +69,9 @@ class GatewayRequest(server.Request):
     spans: Optional[Spans] = None
     # Route name → the affinity key's digest under that route's policy.
     affinity: Mapping[str, bytes] = {}
+    # What the backend is asked for instead of C{uri} (after its URL's
+    # prefix): /<rest> of a /route/<model>/<rest> request.  None: C{uri}.
+    forward_target: Optional[bytes] = None
     # The client's token, once its head passed the screen (L{llmhop.auth.ANYONE} without auth).
     token: Optional[ClientToken] = None
     outcome = Outcome.NORMAL

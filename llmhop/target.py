@@ -16,6 +16,11 @@ upwards is refused before a body byte is read:
 - any target that is not origin-form (C{http://host/x}, C{host:443}, C{*}).
 
 The query is passed on as it is: dot-segments there resolve nothing.
+
+One exception: the model segment of C{/route/<model>/<rest>} (SPEC §7) may
+hold C{%2F}, since model names hold C{/} (C{qwen/qwen2.5-7b}).  That segment
+is llmhop's, never forwarded; everything else of the target is checked as
+above, and C{<rest>} is what the backend gets.
 """
 
 from typing import Optional
@@ -27,6 +32,8 @@ from llmhop import errors
 _ROUNDS = 3
 _DOT_SEGMENTS = (b".", b"..")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+# /route/<model>/<rest>: routed by the path, for requests whose body names no model.
+ROUTE_PREFIX = b"/route/"
 
 
 def check_target(uri: bytes) -> Optional[errors.ApiError]:
@@ -36,10 +43,21 @@ def check_target(uri: bytes) -> Optional[errors.ApiError]:
     if b"#" in uri:
         return errors.invalid_path("A request target must not carry a fragment (#).")
     path = uri.partition(b"?")[0]
+    if path.startswith(ROUTE_PREFIX):
+        path = _model_slashes_read(path)
     if b"%" not in path and b"." not in path and b"\\" not in path:
         return None  # the usual /v1/chat/completions: nothing to resolve
     problem = _path_problem(path)
     return None if problem is None else errors.invalid_path(problem)
+
+
+def _model_slashes_read(path: bytes) -> bytes:
+    """C{path} with the C{%2F} of its C{/route/} model segment read as a plain character."""
+    start = len(ROUTE_PREFIX)
+    end = path.find(b"/", start)
+    end = len(path) if end == -1 else end
+    segment = path[start:end].replace(b"%2F", b"_").replace(b"%2f", b"_")
+    return path[:start] + segment + path[end:]
 
 
 def _path_problem(path: bytes) -> Optional[str]:

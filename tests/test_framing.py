@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from llmhop import framing
+from llmhop.gateway import path_route
 from llmhop.target import check_target
 from tests.recorder import parse_requests
 
@@ -137,13 +138,8 @@ segment = st.one_of(
 )
 
 
-@settings(max_examples=1000, deadline=None)
-@given(segments=st.lists(segment, min_size=1, max_size=6), query=st.sampled_from(["", "?a=../..", "?x=%2f"]))
-def test_an_accepted_path_resolves_to_itself_however_often_it_is_decoded(segments, query):
-    target = ("/" + "/".join(segments) + query).encode()
-    if check_target(target) is not None:
-        return
-    path = target.partition(b"?")[0]
+def assert_resolves_to_itself(path, target):
+    """No decoding of C{path}, up to three, brings a dot-segment, a backslash or a new /."""
     for _ in range(3):
         parts = path.split(b"/")
         assert not [p for p in parts if p in (b".", b"..")], target
@@ -151,3 +147,28 @@ def test_an_accepted_path_resolves_to_itself_however_often_it_is_decoded(segment
         decoded = unquote_to_bytes(path)
         assert len(decoded.split(b"/")) == len(parts), target
         path = decoded
+
+
+@settings(max_examples=1000, deadline=None)
+@given(segments=st.lists(segment, min_size=1, max_size=6), query=st.sampled_from(["", "?a=../..", "?x=%2f"]))
+def test_an_accepted_path_resolves_to_itself_however_often_it_is_decoded(segments, query):
+    target = ("/" + "/".join(segments) + query).encode()
+    if check_target(target) is not None:
+        return
+    path = target.partition(b"?")[0]
+    assert_resolves_to_itself(path, target)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(model=segment, segments=st.lists(segment, max_size=5), query=st.sampled_from(["", "?a=../..", "?x=%2f"]))
+def test_an_accepted_path_route_forwards_a_target_that_resolves_to_itself(model, segments, query):
+    # Only the model segment, which is llmhop's and never forwarded, may hold %2F.
+    target = ("/route/" + model + "/" + "/".join(segments) + query).encode()
+    if check_target(target) is not None:
+        return
+    name, forwarded = path_route(target)
+    assert forwarded.partition(b"?")[2] == query[1:].encode()
+    path = forwarded.partition(b"?")[0]
+    assert_resolves_to_itself(path, target)
+    # The model is what the segment says, decoded once.
+    assert name == unquote_to_bytes(model.encode()).decode("utf-8", "surrogateescape")

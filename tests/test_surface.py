@@ -4,6 +4,7 @@ Router and scripted backend on real 127.0.0.1 sockets; the backend's echo
 shows what was forwarded.
 """
 
+import hashlib
 import io
 import json
 
@@ -11,7 +12,7 @@ import pytest
 import treq
 from pytest_twisted import inlineCallbacks
 
-from tests.helpers import scrape
+from tests.helpers import dead_url, scrape
 
 TEAM_A = "tok-team-a-1234"
 OPEN = "tok-everything-5678"
@@ -158,3 +159,128 @@ def test_the_access_line_names_the_token_and_never_shows_it(scoped):
     assert "model=m status=200" in first and first.endswith(" token=team-a"), first
     assert "status=401" in second and "token=" not in second
     assert TEAM_A not in lines.getvalue() and "tok-nobody" not in lines.getvalue()
+
+
+@pytest.fixture
+def by_path(make_router, make_backend):
+    backends = [make_backend(), make_backend()]
+    router = make_router(
+        {
+            "authTokens": [OPEN, {"token": TEAM_A, "name": "team-a", "models": ["m"]}],
+            "maxBodyBytes": 100_000,
+            "models": {
+                "m": {"url": [b.url for b in backends]},
+                "prefixed": {"url": backends[0].url + "/api/v2", "model": "renamed"},
+                "qwen/*": {"url": backends[0].url},
+                "gone": {"url": dead_url(), "fallbacks": ["m"]},
+            },
+        }
+    )
+    router.backends = backends
+    return router
+
+
+@inlineCallbacks
+def request_by_path(router, method, target, data=None, token=OPEN, headers=None):
+    sent = {"Authorization": "Bearer " + token} if token else {}
+    sent.update(headers or {})
+    response = yield treq.request(method, router.url + target, data=data, headers=sent)
+    content = yield response.content()
+    return response, content
+
+
+@pytest.mark.parametrize(
+    "method, target, forwarded",
+    [
+        ("GET", "/route/m/props", "/props"),
+        ("GET", "/route/m/slots?id_slot=0&x=%2F", "/slots?id_slot=0&x=%2F"),
+        ("DELETE", "/route/m/v1/things/7", "/v1/things/7"),
+        ("GET", "/route/m", "/"),
+        ("GET", "/route/m/", "/"),
+        ("GET", "/route/qwen%2Fqwen2.5-7b/api/tags", "/api/tags"),
+        ("GET", "/route/qwen%2fx/metrics", "/metrics"),
+        # After the backend URL's prefix; the route's model rename does not apply.
+        ("GET", "/route/prefixed/tokenize", "/api/v2/tokenize"),
+    ],
+)
+@inlineCallbacks
+def test_a_path_route_reaches_the_models_backend_at_the_rest_of_the_path(by_path, method, target, forwarded):
+    response, content = yield request_by_path(by_path, method, target)
+    assert response.code == 200, content
+    echo = json.loads(content)
+    assert (echo["method"], echo["uri"]) == (method, forwarded)
+
+
+@pytest.mark.parametrize("size", [0, 11, 70_000])
+@inlineCallbacks
+def test_a_path_routed_body_is_forwarded_unread_whatever_it_is(by_path, size):
+    # Not JSON, names another model, declares an encoding: none of it is read.
+    data = (b'{"model": "n"} \x00\xff' * 5000)[:size]
+    headers = {"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}
+    response, content = yield request_by_path(by_path, "POST", "/route/prefixed/tokenize", data, headers=headers)
+    assert response.code == 200, content
+    echo = json.loads(content)
+    assert (echo["length"], echo["sha256"]) == (size, hashlib.sha256(data).hexdigest())
+
+
+@pytest.mark.parametrize(
+    "target, token, code, error",
+    [
+        ("/route/absent/props", OPEN, 404, "model_not_found"),
+        ("/route//props", OPEN, 400, "model_required"),
+        ("/route/n/props", TEAM_A, 403, "model_not_allowed"),
+        ("/route/m/props", "tok-wrong", 401, "invalid_api_key"),
+        ("/route/m/props", None, 401, "invalid_api_key"),
+        # Confinement (SPEC §5) holds for the rest; only the model segment may hold %2F.
+        ("/route/m/../v1/models", OPEN, 400, "invalid_path"),
+        ("/route/m/%2e%2e/x", OPEN, 400, "invalid_path"),
+        ("/route/m/a%2Fb", OPEN, 400, "invalid_path"),
+        ("/route/m%252Fx/props", OPEN, 400, "invalid_path"),
+        ("/route/../m/props", OPEN, 400, "invalid_path"),
+    ],
+)
+@inlineCallbacks
+def test_a_path_route_answers_as_any_request_would(by_path, target, token, code, error):
+    response, content = yield request_by_path(by_path, "GET", target, token=token)
+    assert response.code == code, content
+    assert json.loads(content)["error"]["code"] == error
+    assert all(b.served == 0 for b in by_path.backends)
+
+
+@inlineCallbacks
+def test_a_path_route_is_retried_and_capped_but_does_not_fall_back(by_path):
+    first, second = by_path.backends
+    first.refuse = second.refuse = 503
+    response, _ = yield request_by_path(by_path, "GET", "/route/m/props")
+    # Both replicas tried (retryOn), the last answer relayed.
+    assert (response.code, first.refused + second.refused) == (503, 2)
+    first.refuse = None
+    response, _ = yield request_by_path(by_path, "GET", "/route/m/props")
+    assert response.code == 200
+    response, content = yield request_by_path(by_path, "POST", "/route/m/upload", b"x" * 100_001)
+    assert (response.code, json.loads(content)["error"]["code"]) == (413, "request_too_large")
+    # The body names no model to rewrite for another route: no fallback.
+    response, content = yield request_by_path(by_path, "GET", "/route/gone/props")
+    assert response.code == 502 and not response.headers.hasHeader("X-Llmhop-Fallback")
+
+
+@inlineCallbacks
+def test_a_path_route_is_counted_and_logged_under_its_model(by_path):
+    by_path.site.access_log.stream = lines = io.StringIO()
+    yield request_by_path(by_path, "GET", "/route/qwen%2Fx/props")
+    assert "GET /route/qwen%2Fx/props model=qwen/x status=200" in lines.getvalue(), lines.getvalue()
+    samples = yield scrape(by_path, {"Authorization": "Bearer " + OPEN})
+    assert samples[("llmhop_requests_total", (("model", "qwen/*"), ("status", "200"), ("token", "token-0")))] == 1
+
+
+@inlineCallbacks
+def test_a_path_routed_body_gives_no_affinity_key(make_router, make_backend):
+    # The same prompt four times: read, prefix affinity would send it to one
+    # replica each time; unread, least-in-flight takes the replicas in turn.
+    backends = [make_backend(), make_backend()]
+    router = make_router({"models": {"m": {"url": [b.url for b in backends], "policy": "prefix-affinity"}}})
+    data = json.dumps({"model": "m", "messages": [{"role": "user", "content": "same"}]}).encode()
+    for _ in range(4):
+        response, _ = yield request_by_path(router, "POST", "/route/m/v1/chat/completions", data, token=None)
+        assert response.code == 200
+    assert [b.served for b in backends] == [2, 2]
