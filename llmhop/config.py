@@ -47,6 +47,7 @@ _METRICS_KEYS = _keys(_SCHEMA["properties"]["metrics"])
 _MODEL_KEYS = _keys(_SCHEMA["$defs"]["model"])
 _HEALTH_KEYS = _keys(_SCHEMA["$defs"]["healthCheck"])
 _TOKEN_KEYS = _keys(_SCHEMA["$defs"]["clientToken"])
+_CORS_KEYS = _keys(_SCHEMA["properties"]["cors"])
 
 DEFAULT_LISTEN = ":8080"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -57,6 +58,8 @@ _MAX_SOCKET_PATH = 107
 # Endpoint types whose strings would otherwise look like the Go "HOST:PORT" form.
 _ENDPOINT_TYPES = {"tcp", "tcp6", "unix", "ssl", "tls", "systemd", "le", "lets", "onion"}
 _GO_LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]/]*):(?P<port>\d{1,5})")
+# An origin as a browser serializes it (RFC 6454 §6.1): scheme, host, optional port.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 _LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Tokens that examples and manifests write for "put yours here": accepted,
@@ -179,6 +182,8 @@ class Config:
     timeouts: Timeouts = Timeouts()
     workers: int = 1
     metrics: MetricsConfig = MetricsConfig()
+    # cors.allowOrigins: origins whose browsers may read answers (["*"]: any); none by default.
+    cors_origins: tuple[str, ...] = ()
 
 
 def load(path: str, environ: Optional[Mapping[str, str]] = None, resolve: bool = True) -> Config:
@@ -266,6 +271,7 @@ def parse(
         timeouts=_timeouts(top.get("timeouts", {})),
         workers=_workers(top.get("workers", 1), listen),
         metrics=_metrics(top.get("metrics", {})),
+        cors_origins=_cors(top.get("cors", {})),
     )
 
 
@@ -277,6 +283,26 @@ def _metrics(value: Any) -> MetricsConfig:
         public=_bool(spec.get("public", False), "metrics.public"),
         listen=None if listen is None else listen_endpoint(_string(listen, "metrics.listen"), "metrics.listen"),
     )
+
+
+def _cors(value: Any) -> tuple[str, ...]:
+    spec = _object(value, "cors")
+    _known(spec, "cors", _CORS_KEYS)
+    origins = spec.get("allowOrigins", [])
+    if not isinstance(origins, list):
+        raise ConfigError("cors.allowOrigins", 'expected a list of origins such as "https://chat.example", or ["*"]')
+    for index, origin in enumerate(origins):
+        place = "cors.allowOrigins[%d]" % (index,)
+        if _string(origin, place) == "*":
+            if len(origins) > 1:
+                raise ConfigError(place, '"*" allows every origin: it stands alone')
+        elif not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                place,
+                "expected an origin as browsers send it: scheme://host[:port] in lower case, "
+                "no path or trailing slash (https://chat.example)",
+            )
+    return tuple(origins)
 
 
 # Forms whose listening socket a worker can adopt from the first process.

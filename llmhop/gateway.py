@@ -19,6 +19,7 @@ from twisted.web import http, resource, server
 from llmhop import affinity, errors
 from llmhop.auth import ANYONE, Authenticator, ClientToken
 from llmhop.config import LEAST_IN_FLIGHT
+from llmhop.cors import Cors, is_preflight, preflight_headers
 from llmhop.extract import SMALL_BODY, Body, ModelError, keyed_spans, model_of, renamed
 from llmhop.framing import RequestLine
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
@@ -50,6 +51,7 @@ class Gateway(ScreeningResource):
     metrics: Optional[Metrics] = None
     # /metrics without a token (metrics.public)
     public_metrics: bool = False
+    cors: Cors = Cors()
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -60,9 +62,15 @@ class Gateway(ScreeningResource):
         invalid = check_target(line.target)
         if invalid is not None:
             return invalid
+        headers = request.requestHeaders
+        request.cors_origin = self.cors.allowed(headers)
+        if request.cors_origin is not None and is_preflight(line.method, headers):
+            # A browser asking whether it may: answered by render, no token needed.
+            request.preflight = True
+            return None
         path = line.path
         open_path = path in HEALTH_PATHS or path == READY_PATH or (path == METRICS_PATH and self.public_metrics)
-        token = self.auth.identify(request.requestHeaders)
+        token = self.auth.identify(headers)
         if token is None and not open_path:
             return errors.unauthorized()
         request.token = token
@@ -71,6 +79,8 @@ class Gateway(ScreeningResource):
         return None
 
     def render(self, request: "GatewayRequest") -> object:
+        if request.preflight:
+            return self._preflight(request)
         path = request.path
         if path in _BUILTIN or path.startswith(_MODEL_PREFIX):
             return self._builtin(request, path)
@@ -108,6 +118,14 @@ class Gateway(ScreeningResource):
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Content-Length", b"%d" % (len(body),))
         return body
+
+    def _preflight(self, request: "GatewayRequest") -> object:
+        origin = request.cors_origin
+        assert origin is not None, "only an allowed origin's preflight is answered here"
+        request.setResponseCode(204)
+        for name, value in preflight_headers(origin, request.requestHeaders):
+            request.setHeader(name, value)
+        return b""
 
     def _metrics(self, request: http.Request, metrics: Metrics) -> object:
         if request.method not in _READ_METHODS:

@@ -463,7 +463,9 @@ class Exchange:
         out.removeHeader(b"server")
         out.removeHeader(b"date")
         for name, values in response.headers.getAllRawHeaders():
-            if not _hop_by_hop(name.lower(), named):
+            lower = name.lower()
+            # CORS is the gateway's policy, not the backend's (llmhop.cors).
+            if not _hop_by_hop(lower, named) and not lower.startswith(b"access-control-"):
                 out.setRawHeaders(name, values)
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])

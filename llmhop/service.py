@@ -27,6 +27,7 @@ from llmhop import client, config as configlib, process
 from llmhop.accesslog import AccessLog
 from llmhop.auth import Authenticator
 from llmhop.check import check
+from llmhop.cors import Cors
 from llmhop.endpoints import CachedEndpointFactory
 from llmhop.errors import ConfigError, StartupError, tell
 from llmhop.gateway import Gateway
@@ -81,6 +82,7 @@ def build_gateway(
         # With a listen address of their own, metrics are not served here.
         metrics=metrics if config.metrics.listen is None else None,
         public_metrics=config.metrics.public,
+        cors=Cors.from_origins(config.cors_origins),
     )
 
 

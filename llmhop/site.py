@@ -72,6 +72,10 @@ class GatewayRequest(server.Request):
     # What the backend is asked for instead of C{uri} (after its URL's
     # prefix): /<rest> of a /route/<model>/<rest> request.  None: C{uri}.
     forward_target: Optional[bytes] = None
+    # Access-Control-Allow-Origin for every answer, when the Origin is allowed (SPEC §7, llmhop.cors).
+    cors_origin: Optional[bytes] = None
+    # A CORS preflight from an allowed origin: llmhop answers it, without auth.
+    preflight = False
     # The client's token, once its head passed the screen (L{llmhop.auth.ANYONE} without auth).
     token: Optional[ClientToken] = None
     outcome = Outcome.NORMAL
@@ -125,6 +129,8 @@ class GatewayRequest(server.Request):
     def write(self, data: bytes) -> None:
         if self.first_byte is None:
             self.first_byte = time.monotonic()
+            if self.cors_origin is not None and not self.preflight:
+                self._allow_origin(self.cors_origin)
         # twisted.web writes a response's head and its first bytes separately;
         # corked, they leave in one send (see llmhop.writethrough).
         transport = self.channel.transport if not self.startedWriting and self.channel is not None else None
@@ -136,6 +142,12 @@ class GatewayRequest(server.Request):
             super().write(data)
         finally:
             transport.uncork()
+
+    def _allow_origin(self, origin: bytes) -> None:
+        """Let the allowed C{origin} read this answer, and caches keep it apart from other origins'."""
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"Access-Control-Allow-Origin", [origin])
+        headers.setRawHeaders(b"Vary", [*(headers.getRawHeaders(b"vary") or ()), b"Origin"])
 
     def finish(self) -> None:
         super().finish()

@@ -326,3 +326,30 @@ def test_fleet_keys_default_to_the_simple_case():
     assert timeouts.drainDelay == 0.0
     with pytest.raises(ConfigError, match="timeouts.drainDelay: expected a positive number"):
         configlib.parse({"models": {"m": {"url": "http://a"}}, "timeouts": {"drainDelay": -1}}, {})
+
+
+def test_cors_origins_are_kept_as_written():
+    config = configlib.parse(
+        {"cors": {"allowOrigins": ["https://chat.example", "http://[::1]:3000"]}, "models": MODELS}, {}
+    )
+    assert config.cors_origins == ("https://chat.example", "http://[::1]:3000")
+    assert configlib.parse({"models": MODELS}, {}).cors_origins == ()
+
+
+@pytest.mark.parametrize(
+    "cors, error",
+    [
+        ([], "cors: expected an object"),
+        ({"origins": []}, "cors.origins: unknown key"),
+        ({"allowOrigins": "*"}, "cors.allowOrigins: expected a list of origins"),
+        ({"allowOrigins": ["*", "https://a.b"]}, 'cors.allowOrigins[0]: "*" allows every origin: it stands alone'),
+        ({"allowOrigins": ["https://chat.example/"]}, "cors.allowOrigins[0]: expected an origin as browsers send it"),
+        ({"allowOrigins": ["https://Chat.example"]}, "cors.allowOrigins[0]: expected an origin"),
+        ({"allowOrigins": ["chat.example"]}, "cors.allowOrigins[0]: expected an origin"),
+        ({"allowOrigins": [3]}, "cors.allowOrigins[0]: expected a string"),
+    ],
+)
+def test_bad_cors_settings_name_their_place(cors, error):
+    with pytest.raises(ConfigError) as raised:
+        configlib.parse({"cors": cors, "models": MODELS}, {})
+    assert str(raised.value).startswith(error)

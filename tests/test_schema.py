@@ -163,6 +163,19 @@ TOP = st.fixed_dictionaries(
                 {}, optional={"public": mostly(st.booleans()), "listen": mostly(st.just("tcp:9")), "x": ANY}
             )
         ),
+        "cors": mostly(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "allowOrigins": mostly(
+                        st.lists(
+                            st.sampled_from(["*", "https://a.b", "https://A.b", "http://[::1]:3", "a.b/"]), max_size=2
+                        )
+                    ),
+                    "x": ANY,
+                },
+            )
+        ),
         "extra": ANY,
     },
 )

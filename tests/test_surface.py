@@ -284,3 +284,102 @@ def test_a_path_routed_body_gives_no_affinity_key(make_router, make_backend):
         response, _ = yield request_by_path(router, "POST", "/route/m/v1/chat/completions", data, token=None)
         assert response.code == 200
     assert [b.served for b in backends] == [2, 2]
+
+
+CHAT_UI = "https://chat.example"
+
+
+@pytest.fixture
+def cors(make_router, backend):
+    return make_router(
+        {
+            "authTokens": [OPEN],
+            "cors": {"allowOrigins": [CHAT_UI, "http://localhost:3000"]},
+            "models": {"m": {"url": backend.url}},
+        }
+    )
+
+
+def preflight_headers(origin):
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+
+
+@inlineCallbacks
+def test_a_preflight_from_an_allowed_origin_is_answered_without_auth(cors, backend):
+    for path in ("/v1/chat/completions", "/route/m/props", "/anything"):
+        response, content = yield request_by_path(cors, "OPTIONS", path, token=None, headers=preflight_headers(CHAT_UI))
+        assert (response.code, content) == (204, b"")
+        headers = response.headers
+        assert headers.getRawHeaders("access-control-allow-origin") == [CHAT_UI]
+        assert headers.getRawHeaders("access-control-allow-headers") == ["authorization, content-type"]
+        assert "POST" in headers.getRawHeaders("access-control-allow-methods")[0]
+        assert headers.getRawHeaders("access-control-max-age") == ["7200"]
+        assert "Origin" in headers.getRawHeaders("vary")[0]
+    assert backend.served == 0
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "https://chat.example.evil", "http://chat.example", "https://chat.example/"]
+)
+@inlineCallbacks
+def test_other_origins_get_no_cors_headers_and_no_free_pass(cors, origin):
+    response, _ = yield request_by_path(
+        cors, "OPTIONS", "/v1/chat/completions", token=None, headers=preflight_headers(origin)
+    )
+    assert response.code == 401
+    response, _ = yield send(cors, {"Authorization": "Bearer " + OPEN, "Origin": origin})
+    assert response.code == 200
+    names = {n.lower() for n, _ in response.headers.getAllRawHeaders()}
+    assert not {n for n in names if n.startswith(b"access-control-")}
+    assert b"vary" not in names
+
+
+@inlineCallbacks
+def test_answers_to_an_allowed_origin_name_it_and_vary_on_it(cors):
+    origin = {"Origin": "http://localhost:3000"}
+    # Relayed (the backend's own CORS headers are not), an error of llmhop's, an early 401.
+    response, _ = yield send(cors, {"Authorization": "Bearer " + OPEN, **origin, "X-Echo": "1"})
+    answers = [response]
+    response, _ = yield send(cors, {"Authorization": "Bearer " + OPEN, **origin}, model="absent")
+    answers.append(response)
+    response, _ = yield send(cors, origin)
+    answers.append(response)
+    assert [r.code for r in answers] == [200, 404, 401]
+    for response in answers:
+        assert response.headers.getRawHeaders("access-control-allow-origin") == ["http://localhost:3000"]
+        assert response.headers.getRawHeaders("vary") == ["Origin"]
+
+
+@inlineCallbacks
+def test_a_backends_cors_headers_are_never_relayed(make_router, backend):
+    router = make_router({"models": {"m": {"url": backend.url}}})
+    script = {
+        "kind": "echo",
+        "headers": {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Credentials": "true"},
+    }
+    response = yield treq.post(
+        router.url + "/v1/chat/completions",
+        json.dumps({"model": "m", "script": script}).encode(),
+        headers={"Origin": "https://evil.example"},
+    )
+    yield response.content()
+    assert response.code == 200
+    assert not [n for n, _ in response.headers.getAllRawHeaders() if n.lower().startswith(b"access-control-")]
+
+
+@inlineCallbacks
+def test_any_origin_is_answered_with_a_star(make_router, backend):
+    router = make_router({"cors": {"allowOrigins": ["*"]}, "models": {"m": {"url": backend.url}}})
+    response, _ = yield request_by_path(
+        router, "OPTIONS", "/v1/models", token=None, headers=preflight_headers("https://a.b")
+    )
+    assert response.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+    response, _ = yield send(router, {"Origin": "https://a.b"})
+    assert response.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+    # No Origin, no CORS headers.
+    response, _ = yield send(router, {})
+    assert not response.headers.hasHeader("access-control-allow-origin")
