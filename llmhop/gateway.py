@@ -64,8 +64,10 @@ class Gateway(ScreeningResource):
             return invalid
         headers = request.requestHeaders
         request.cors_origin = self.cors.allowed(headers)
-        if request.cors_origin is not None and is_preflight(line.method, headers):
-            # A browser asking whether it may: answered by render, no token needed.
+        if request.cors_origin is not None and length == 0 and is_preflight(line.method, headers):
+            # A browser asking whether it may: answered by render, no token
+            # needed.  Browsers send it without a body; one with a body is no
+            # free pass past auth for an upload.
             request.preflight = True
             return None
         path = line.path

@@ -11,8 +11,11 @@ import json
 import pytest
 import treq
 from pytest_twisted import inlineCallbacks
+from twisted.internet import threads
 
+from tests import rawhttp
 from tests.helpers import dead_url, scrape
+from tests.test_channel import head_then_wait
 
 TEAM_A = "tok-team-a-1234"
 OPEN = "tok-everything-5678"
@@ -383,3 +386,16 @@ def test_any_origin_is_answered_with_a_star(make_router, backend):
     # No Origin, no CORS headers.
     response, _ = yield send(router, {})
     assert not response.headers.hasHeader("access-control-allow-origin")
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 1000000000\r\n", b"Transfer-Encoding: chunked\r\n"])
+@inlineCallbacks
+def test_a_preflight_with_a_body_is_no_free_pass_past_auth(cors, backend, framing):
+    # Anyone can send Origin; only a body-less preflight skips the token check.
+    head = (
+        b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: " + CHAT_UI.encode() + b"\r\n"
+        b"Access-Control-Request-Method: POST\r\n" + framing + b"\r\n"
+    )
+    response = yield threads.deferToThread(head_then_wait, cors.port, head)
+    assert rawhttp.status(response) == 401
+    assert backend.served == 0
