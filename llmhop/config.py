@@ -175,7 +175,8 @@ class MetricsConfig:
 
 @attrs.frozen
 class Config:
-    listen: str  # a Twisted server endpoint description
+    # Twisted server endpoint descriptions, one per listener (SYSTEMD: every socket systemd passes).
+    listen: tuple[str, ...]
     models: Mapping[str, ModelConfig]
     auth_tokens: tuple[ClientToken, ...] = attrs.field(default=(), repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -262,7 +263,7 @@ def parse(
     def secret(value: str, place: str) -> str:
         return secrets.expand(value, place, environ, cwd) if resolve else value
 
-    listen = listen_endpoint(_string(top.get("listen", DEFAULT_LISTEN), "listen"))
+    listen = _listens(top.get("listen", DEFAULT_LISTEN))
     return Config(
         listen=listen,
         models=_models(top.get("models"), secret),
@@ -307,19 +308,41 @@ def _cors(value: Any) -> tuple[str, ...]:
 
 # Forms whose listening socket a worker can adopt from the first process.
 SHAREABLE_LISTEN = ("tcp", "tcp6", "unix", "ssl", "systemd")
+# listen: every socket systemd passes (socket activation), whatever their number and kind.
+SYSTEMD = "systemd"
 MAX_WORKERS = 256
 
 
-def _workers(value: Any, listen: str, place: str = "workers") -> int:
+def _workers(value: Any, listen: tuple[str, ...], place: str = "workers") -> int:
     """The config's C{workers}, or the command line's C{--workers} (C{place})."""
     workers = _positive_int(value, place)
     if workers > MAX_WORKERS:
         raise ConfigError(place, "at most %d" % (MAX_WORKERS,))
-    if workers > 1 and listen.partition(":")[0] not in SHAREABLE_LISTEN:
+    if workers > 1 and any(entry.partition(":")[0] not in SHAREABLE_LISTEN for entry in listen):
         raise ConfigError(
             place, "several workers need a listen form they can share: %s" % (", ".join(SHAREABLE_LISTEN),)
         )
     return workers
+
+
+def _listens(value: Any) -> tuple[str, ...]:
+    """C{listen}: one address, or a list of them (SPEC §7, several listeners)."""
+    if not isinstance(value, list):
+        return (listen_endpoint(_string(value, "listen")),)
+    if not value:
+        raise ConfigError("listen", "expected an address or a non-empty list of addresses")
+    entries = tuple(listen_endpoint(_string(v, "listen[%d]" % (i,)), "listen[%d]" % (i,)) for i, v in enumerate(value))
+    _distinct(list(entries), "listen", "the same address twice: it can be bound once")
+    if SYSTEMD in entries and any(e.startswith(SYSTEMD + ":") for e in entries):
+        raise ConfigError("listen", '"systemd" serves every socket systemd passes: leave out systemd:… entries')
+    return entries
+
+
+def listen_places(listen: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(place in the config, description) of every listen entry: C{listen}, or C{listen[i]} in a list."""
+    if len(listen) == 1:
+        return [("listen", listen[0])]
+    return [("listen[%d]" % (index,), entry) for index, entry in enumerate(listen)]
 
 
 def listen_endpoint(listen: str, place: str = "listen") -> str:
@@ -328,6 +351,8 @@ def listen_endpoint(listen: str, place: str = "listen") -> str:
     The Go original's C{HOST:PORT}, C{:PORT} and C{[V6]:PORT} forms are
     translated; anything else must already be an endpoint string.
     """
+    if listen == SYSTEMD:
+        return listen
     match = _GO_LISTEN.fullmatch(listen)
     if match is not None and match.group("host") not in _ENDPOINT_TYPES:
         host, port = match.group("host"), int(match.group("port"))
@@ -342,7 +367,8 @@ def listen_endpoint(listen: str, place: str = "listen") -> str:
     if not sep or not kind.isalnum():
         raise ConfigError(
             place,
-            "expected HOST:PORT, :PORT, [V6]:PORT or a Twisted endpoint such as tcp:8080 or unix:/run/llmhop.sock",
+            "expected HOST:PORT, :PORT, [V6]:PORT, systemd (socket activation) or a Twisted endpoint "
+            "such as tcp:8080 or unix:/run/llmhop.sock",
         )
     return listen
 

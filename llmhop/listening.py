@@ -11,16 +11,29 @@ and the likely fix, never Twisted's internals (its unix lock file, its
 tracebacks).
 """
 
+import contextlib
 import errno
+import itertools
 import os
 import re
+import socket
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Optional
 
 import attrs
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+
+from llmhop.config import listen_places
+from llmhop.errors import StartupError
 
 if TYPE_CHECKING:
     from llmhop.config import Config
+
+# The first fd systemd passes (sd_listen_fds(3)).
+_SD_LISTEN_FDS_START = 3
+# Twisted's systemd endpoint names the address family by its AF_ suffix.
+_DOMAINS = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}
 
 # SPEC §5: a burst of thousands of connections is accepted.  Twisted listens
 # with a backlog of 50, which loses handshakes in such a burst.
@@ -99,7 +112,7 @@ def _split(description: str) -> list[tuple[Optional[str], str]]:
 
 def listen_problems(config: "Config") -> list[str]:
     """What this host lacks to bind C{listen} and C{metrics.listen} (files, directories)."""
-    problems = preflight(config.listen, "listen")
+    problems = [p for place, entry in listen_places(config.listen) for p in preflight(entry, place)]
     if config.metrics.listen is not None:
         problems += preflight(config.metrics.listen, "metrics.listen")
     return problems
@@ -129,6 +142,58 @@ def _socket_directory(path: str, place: str, description: str) -> list[str]:
             % (place, description, directory)
         ]
     return []
+
+
+def systemd_sockets(reactor: object, place: str = "listen") -> list[str]:
+    """An endpoint description for every socket systemd passed this process, in its order (C{listen: "systemd"}).
+
+    Twisted's systemd endpoint parser reads (and, since Twisted 23, removes)
+    C{LISTEN_FDS} once, when L{twisted.internet.endpoints} is imported; so
+    the sockets are counted by asking that parser for index 0, 1, … until it
+    has none.  Each one's address family is read from its fd, which systemd
+    numbers from 3 (C{SD_LISTEN_FDS_START}).
+
+    @raise StartupError: systemd passed none.
+    """
+    descriptions = []
+    for index in itertools.count():
+        try:
+            serverFromString(reactor, "systemd:domain=INET:index=%d" % (index,))
+        except (IndexError, KeyError):
+            break
+        family = socket_family(_SD_LISTEN_FDS_START + index)
+        descriptions.append("systemd:domain=%s:index=%d" % (_DOMAINS.get(family, "INET"), index))
+    if not descriptions:
+        raise StartupError(
+            "%s systemd: systemd passed no socket (LISTEN_FDS is unset or not for this process): "
+            "start llmhop through its socket unit, or listen on an address" % (place,)
+        )
+    return descriptions
+
+
+@contextlib.contextmanager
+def sockets_stay_nonblocking() -> Iterator[None]:
+    """Within: sockets made from an inherited fd leave it non-blocking.
+
+    PyPy's socket constructor makes the socket blocking unless the default
+    timeout is 0, and the file status flags belong to every process sharing
+    the socket: one blocking would leave the others stuck in accept().
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.0)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def socket_family(fd: int) -> socket.AddressFamily:
+    """The address family of the listening socket on C{fd}, which stays open and as it was."""
+    with sockets_stay_nonblocking():
+        probe = socket.socket(fileno=fd)
+        family = probe.family
+        probe.detach()
+    return family
 
 
 def bind_failure(description: str, error: BaseException, place: str = "listen") -> str:

@@ -49,17 +49,25 @@ def connection(listen: str, timeout: float = TIMEOUT) -> Optional[http.client.HT
 
 
 def healthcheck(config: Config) -> Optional[str]:
-    """None when the router answers C{GET /healthz} with 200, else the one line saying why not."""
-    conn = connection(config.listen)
-    if conn is None:
-        return "healthcheck: listen %s has no address to connect to (systemd sockets: check the unit)" % (
-            config.listen,
-        )
+    """None when the router answers C{GET /healthz} with 200, else the one line saying why not.
+
+    The first listen entry with an address to dial is asked.
+    """
+    for listen in config.listen:
+        conn = connection(listen)
+        if conn is not None:
+            return _ask(conn, listen)
+    return "healthcheck: listen %s has no address to connect to (systemd sockets: check the unit)" % (
+        ", ".join(config.listen),
+    )
+
+
+def _ask(conn: http.client.HTTPConnection, listen: str) -> Optional[str]:
     try:
         conn.request("GET", "/healthz")
         status = conn.getresponse().status
     except (OSError, http.client.HTTPException) as e:
-        return "healthcheck: listen %s: %s" % (config.listen, e)
+        return "healthcheck: listen %s: %s" % (listen, e)
     finally:
         conn.close()
-    return None if status == 200 else "healthcheck: listen %s: /healthz answered %d" % (config.listen, status)
+    return None if status == 200 else "healthcheck: listen %s: /healthz answered %d" % (listen, status)

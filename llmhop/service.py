@@ -32,13 +32,13 @@ from llmhop.endpoints import CachedEndpointFactory
 from llmhop.errors import ConfigError, StartupError, tell
 from llmhop.gateway import Gateway
 from llmhop.health import HealthChecks
-from llmhop.listening import bind_failure, listen_problems, with_backlog
+from llmhop.listening import bind_failure, listen_problems, sockets_stay_nonblocking, systemd_sockets, with_backlog
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
 from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
 from llmhop.site import GatewaySite
 from llmhop.watch import ConfigWatcher
-from llmhop.workers import ISupervisorReactor, SignalHandlers, WorkerPool, adopt_listening
+from llmhop.workers import ISupervisorReactor, SignalHandlers, WorkerPool, adopt_listening, inherited_listening
 from llmhop.writethrough import write_through
 
 # The stock pool keeps 2 idle connections per backend; a busy backend would
@@ -46,6 +46,9 @@ from llmhop.writethrough import write_through
 MAX_PERSISTENT_PER_BACKEND = 512
 
 _log = Logger()
+
+# A listening port and the endpoint description it was bound (or adopted) from.
+Listener = tuple[str, IListeningPort]
 
 
 def build_pool(config: configlib.Config, reactor: IReactorTime) -> HTTPConnectionPool:
@@ -158,14 +161,17 @@ class PortService(service.Service):
 
 
 class WorkersService(service.Service):
-    """Workers 2..N on the listening socket C{fd}: started with the service, signalled and awaited on stop."""
+    """Workers 2..N on the listening sockets: started with the service, signalled and awaited on stop.
 
-    def __init__(self, workers: WorkerPool, fd: int) -> None:
-        self.workers, self.fd = workers, fd
+    @param listening: (endpoint description, fd) of every listening socket.
+    """
+
+    def __init__(self, workers: WorkerPool, listening: list[tuple[str, int]]) -> None:
+        self.workers, self.listening = workers, listening
 
     def startService(self) -> None:
         service.Service.startService(self)
-        self.workers.start(self.fd)
+        self.workers.start(self.listening)
 
     def stopService(self) -> defer.Deferred:
         service.Service.stopService(self)
@@ -268,18 +274,35 @@ class GatewayService(service.MultiService):
             _warn_about(self.config)
         process.raise_open_file_limit()
         if self.worker is not None:
-            self._listening = defer.maybeDeferred(adopt_listening, self.reactor, self.config, self.site)
+            self._listening = defer.maybeDeferred(self._adopt)
         else:
             self._listening = self._listen()
         self._listening.addCallback(self._listened)
         self._listening.addErrback(self._cannot_listen)
 
-    def _listen(self) -> defer.Deferred:
+    def _adopt(self) -> list[Listener]:
+        """A worker's listeners: the sockets its first process passed on."""
+        return [(d, adopt_listening(self.reactor, d, self.site, fd)) for d, fd in inherited_listening()]
+
+    @defer.inlineCallbacks
+    def _listen(self) -> Generator[defer.Deferred, IListeningPort, list[Listener]]:
+        """Bind every listen entry in order; one that fails unbinds those before it."""
         # Everything that can be seen without binding, before anything is bound.
         problems = listen_problems(self.config)
         if problems:
-            return defer.fail(StartupError(problems[0]))
-        return _listen_on(self.reactor, self.config.listen, self.site, "listen", with_backlog(self.config.listen))
+            raise StartupError(problems[0])
+        bound: list[Listener] = []
+        try:
+            for place, description in _descriptions(self.reactor, self.config.listen):
+                port = yield _listen_on(self.reactor, description, self.site, place, with_backlog(description))
+                bound.append((description, port))
+        except BaseException:
+            # Let go of what was bound; not waited for, so that the failure
+            # is known before the reactor runs and told as one line.
+            for _, port in bound:
+                port.stopListening()
+            raise
+        return bound
 
     def startService(self) -> None:
         if self._listening is None:
@@ -296,34 +319,39 @@ class GatewayService(service.MultiService):
             return defer.succeed(None)
         return _listen_on(self.reactor, listen, build_metrics_site(self.metrics, self.reactor), "metrics.listen")
 
-    def _listened(self, port: IListeningPort) -> defer.Deferred:
-        PortService(port).setServiceParent(self)
+    def _listened(self, listeners: list[Listener]) -> defer.Deferred:
+        for _, port in listeners:
+            PortService(port).setServiceParent(self)
         metrics = self._listen_for_metrics()
-        metrics.addCallback(self._ready, port)
+        metrics.addCallback(self._ready, listeners)
         return metrics
 
-    def _ready(self, metrics_port: Optional[IListeningPort], port: IListeningPort) -> None:
+    def _ready(self, metrics_port: Optional[IListeningPort], listeners: list[Listener]) -> None:
         if metrics_port is not None:
             PortService(metrics_port).setServiceParent(self)
             _log.info("metrics at http://{address}/metrics", address=process.describe_address(metrics_port.getHost()))
-        write_through(port)
+        for _, port in listeners:
+            write_through(port)
         if self.workers is not None:
-            WorkersService(self.workers, IFileDescriptor(port).fileno()).setServiceParent(self)
-        # The port is bound before the reactor runs (so that twistd can drop
+            listening = [(d, IFileDescriptor(port).fileno()) for d, port in listeners]
+            WorkersService(self.workers, listening).setServiceParent(self)
+        # The ports are bound before the reactor runs (so that twistd can drop
         # privileges after binding), but until it runs no signal handler is
         # installed and a SIGINT or SIGTERM sent on seeing "ready" would be
         # lost or fatal: say it only then.
-        self.reactor.callWhenRunning(self._announce, port)
+        self.reactor.callWhenRunning(self._announce, [port for _, port in listeners])
 
-    def _announce(self, port: IListeningPort) -> None:
-        _log.info("llmhop listening on {address}", address=process.describe_address(port.getHost()))
+    def _announce(self, ports: list[IListeningPort]) -> None:
+        for port in ports:
+            _log.info("llmhop listening on {address}", address=process.describe_address(port.getHost()))
         if self.worker is None:
             process.sd_notify(b"READY=1")
 
     def _cannot_listen(self, failure: Failure) -> None:
         """Remember why; C{llmhop} prints it before its reactor runs, else it is logged once running."""
         why = failure.getErrorMessage()
-        self.failure = why if failure.check(StartupError) else "listen %s: %s" % (self.config.listen, why)
+        listen = ", ".join(self.config.listen)
+        self.failure = why if failure.check(StartupError) else "listen %s: %s" % (listen, why)
         self._remove_shared_dir()
         self.reactor.callWhenRunning(self._stop_failed)
 
@@ -412,6 +440,17 @@ def _warn_about(config: configlib.Config) -> None:
         _log.warn("{warning}", warning=warning)
 
 
+def _descriptions(reactor: IReactorTime, listen: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(place, endpoint description) of every socket to bind or adopt: C{systemd} is each socket systemd passed."""
+    found: list[tuple[str, str]] = []
+    for place, entry in configlib.listen_places(listen):
+        if entry == configlib.SYSTEMD:
+            found.extend((place, description) for description in systemd_sockets(reactor, place))
+        else:
+            found.append((place, entry))
+    return found
+
+
 def _listen_on(
     reactor: IReactorTime, description: str, factory: IProtocolFactory, place: str, bind: Optional[str] = None
 ) -> defer.Deferred:
@@ -426,7 +465,8 @@ def _listen_on(
         return defer.fail(StartupError("%s %s: systemd passed no such socket (%s)" % (place, description, e)))
     except Exception as e:
         return defer.fail(StartupError("%s %s: %s" % (place, description, e)))
-    listening = endpoint.listen(factory)
+    with sockets_stay_nonblocking():  # an inherited systemd socket is shared with the workers
+        listening = endpoint.listen(factory)
     listening.addErrback(_bind_failed, description, place)
     return listening
 

@@ -1,10 +1,10 @@
-"""Several router processes on one listening socket (``--workers N``), and their signals.
+"""Several router processes on the same listening sockets (``--workers N``), and their signals.
 
-The first process listens as usual (binding, or taking the socket systemd
-passed), then starts N-1 copies of itself that adopt that very socket as their
-fd 3.  Every process is a full router; the kernel hands each new connection to
-whichever process accepts it first, which is the least busy one.  Sharing one
-socket, rather than each worker binding its own with C{SO_REUSEPORT}, works for
+The first process listens as usual (binding every C{listen} address, or taking
+the sockets systemd passed), then starts N-1 copies of itself that adopt those
+very sockets as their fds 3, 4, ….  Every process is a full router; the kernel
+hands each new connection to whichever process accepts it first, which is the
+least busy one.  Sharing the sockets, rather than each worker binding its own with C{SO_REUSEPORT}, works for
 every listen form (unix sockets, TLS, systemd socket activation) and never
 loses connections queued on the socket of a worker that is stopping.
 
@@ -17,9 +17,9 @@ is left serving on its own.
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Generator, Mapping
 from types import FrameType
@@ -43,10 +43,14 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from llmhop import internals
-from llmhop.config import Config
+from llmhop.listening import socket_family, sockets_stay_nonblocking
 
-# The fd a worker finds the shared listening socket on (as systemd does).
+# The fd a worker finds the first shared listening socket on (as systemd
+# does); the others follow it in order.
 INHERITED_FD = 3
+# Tells a worker what each inherited socket is: the JSON list of the endpoint
+# descriptions the first process bound, one per fd from INHERITED_FD on.
+LISTENING_ENVIRON = "LLMHOP_WORKER_LISTENING"
 
 # A worker that dies sooner than this after its start is restarted with a
 # growing delay, so a worker that cannot start does not spin.
@@ -128,22 +132,26 @@ class WorkerPool:
     relay_logs: bool
     # Told the pid of every worker that ended (its metrics stop counting as live).
     on_exit: Optional[Callable[[int], None]] = None
-    _listen_fd: Optional[int] = None
+    # What the first process listens on: (endpoint description, fd) per socket.
+    _listening: list[tuple[str, int]] = attrs.Factory(list)
     _workers: dict[int, _WorkerProtocol] = attrs.Factory(dict)
     _started_at: dict[int, float] = attrs.Factory(dict)
     _delays: dict[int, float] = attrs.Factory(dict)
     _pending: dict[int, IDelayedCall] = attrs.Factory(dict)
     _stopping: bool = False
 
-    def start(self, listen_fd: int) -> None:
-        self._listen_fd = listen_fd
+    def start(self, listening: list[tuple[str, int]]) -> None:
+        """Start the workers on the listening sockets: (endpoint description, fd) of each."""
+        self._listening = listening
         for index in range(2, self.count + 1):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        listen_fd = self._listen_fd
-        assert listen_fd is not None, "start() gives the listening socket first"
+        assert self._listening, "start() gives the listening sockets first"
         self._pending.pop(index, None)
+        inherited = {INHERITED_FD + i: fd for i, (_, fd) in enumerate(self._listening)}
+        environ = worker_environ()
+        environ[LISTENING_ENVIRON] = json.dumps([description for description, _ in self._listening])
         worker = _WorkerProtocol(self, index)
         out = "r" if self.relay_logs else 1
         err = "r" if self.relay_logs else 2
@@ -151,8 +159,8 @@ class WorkerPool:
             worker,
             sys.executable,
             worker_argv(self.config_path, index, os.getpid(), self.relay_logs),
-            env=worker_environ(),
-            childFDs={0: "w", 1: out, 2: err, INHERITED_FD: listen_fd},
+            env=environ,
+            childFDs={0: "w", 1: out, 2: err, **inherited},
         )
         worker.pid = process.pid
         self._workers[index] = worker
@@ -208,30 +216,26 @@ class WorkerPool:
             killer.cancel()
 
 
+def inherited_listening(environ: Mapping[str, str] = os.environ) -> list[tuple[str, int]]:
+    """In a worker: (endpoint description, fd) of every socket the first process passed."""
+    descriptions = json.loads(environ[LISTENING_ENVIRON])
+    return [(description, INHERITED_FD + i) for i, description in enumerate(descriptions)]
+
+
 def adopt_listening(
-    reactor: IReactorSocket, config: Config, factory: IProtocolFactory, fd: int = INHERITED_FD
+    reactor: IReactorSocket, description: str, factory: IProtocolFactory, fd: int = INHERITED_FD
 ) -> IListeningPort:
-    """Listen on the socket a supervisor passed as C{fd}, with TLS when C{listen} asks for it."""
-    if config.listen.partition(":")[0] == "ssl":
+    """Listen on the socket a supervisor passed as C{fd}, with TLS when C{description} asks for it."""
+    if description.partition(":")[0] == "ssl":
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         # Parsing loads the key and certificate; it binds nothing.
-        endpoint = serverFromString(reactor, config.listen)
+        endpoint = serverFromString(reactor, description)
         factory = TLSMemoryBIOFactory(internals.tls_context_factory(endpoint), False, factory)
-    # Every process shares the socket's file status flags.  PyPy's socket
-    # constructor (used by adoptStreamPort) makes the socket blocking unless
-    # the default timeout is 0, and a blocking shared socket would leave the
-    # other processes stuck in accept().
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(0.0)
-    try:
-        probe = socket.socket(fileno=fd)
-        family = probe.family
-        probe.detach()
+    family = socket_family(fd)
+    with sockets_stay_nonblocking():
         # Twisted's stubs ask for a ServerFactory; any protocol factory serves.
         port = reactor.adoptStreamPort(fd, family, factory)  # type: ignore[arg-type]
-    finally:
-        socket.setdefaulttimeout(previous)
     os.close(fd)  # adoptStreamPort listens on a duplicate
     return port
 

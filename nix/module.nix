@@ -141,25 +141,38 @@ in
         freeformType = format.type;
         options = {
           listen = mkOption {
-            type = types.str;
+            type = types.either types.str (types.nonEmptyListOf types.str);
             default =
               if lib.hasInfix ":" cfg.host then
                 "[${cfg.host}]:${toString cfg.port}"
               else
                 "${cfg.host}:${toString cfg.port}";
             defaultText = lib.literalExpression ''"''${host}:''${toString port}"'';
-            example = "unix:/run/llmhop/llmhop.sock";
+            example = [
+              "127.0.0.1:8080"
+              "unix:/run/llmhop/llmhop.sock"
+            ];
             description = ''
-              Where llmhop listens; made from `host` and `port` unless set (a
-              unix socket belongs under `/run/llmhop/`).
+              Where llmhop listens: one address or a list, all served; made
+              from `host` and `port` unless set (a unix socket belongs under
+              `/run/llmhop/`).
             '';
           };
           authTokens = mkOption {
-            type = types.listOf types.str;
+            type = types.listOf (types.either types.str format.type);
             default = [ ];
-            example = [ "\${file:client_token}" ];
+            example = [
+              "\${file:client_token}"
+              {
+                token = "\${file:team-a}";
+                name = "team-a";
+                models = [ "qwen/*" ];
+              }
+            ];
             description = ''
-              Bearer tokens clients must send; empty lets every client in.
+              Tokens clients must send (as `Authorization: Bearer`, `x-api-key`,
+              `x-goog-api-key` or `api-key`); empty lets every client in. Strings,
+              or objects with `token`, `name` and the `models` the token may use.
               Use secret references, not the tokens themselves.
             '';
           };
@@ -327,7 +340,7 @@ in
         # the old routes); what a reload can't change needs a restart.
         reloadTriggers = [ cfg.configFile ];
         restartTriggers = [
-          cfg.settings.listen
+          (builtins.toJSON cfg.settings.listen)
           (cfg.settings.workers or 1)
         ];
         serviceConfig = llmhopLib.hardening // {

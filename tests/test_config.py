@@ -12,7 +12,7 @@ MODELS = {"m": {"url": "http://127.0.0.1:8000"}}
 
 def test_defaults_keep_the_simple_case_simple():
     config = configlib.parse({"models": MODELS}, {})
-    assert config.listen == "tcp:8080"
+    assert config.listen == ("tcp:8080",)
     assert config.auth_tokens == ()
     assert config.max_body_bytes == 100 * 1024 * 1024
     assert config.timeouts == configlib.Timeouts(connect=10, response=600, idle=60, shutdown=30, keepAlive=4)
@@ -38,7 +38,7 @@ def test_defaults_keep_the_simple_case_simple():
     ],
 )
 def test_listen_forms(listen, endpoint):
-    assert configlib.parse({"listen": listen, "models": MODELS}, {}).listen == endpoint
+    assert configlib.parse({"listen": listen, "models": MODELS}, {}).listen == (endpoint,)
 
 
 @pytest.mark.parametrize(
@@ -352,4 +352,27 @@ def test_cors_origins_are_kept_as_written():
 def test_bad_cors_settings_name_their_place(cors, error):
     with pytest.raises(ConfigError) as raised:
         configlib.parse({"cors": cors, "models": MODELS}, {})
+    assert str(raised.value).startswith(error)
+
+
+def test_listen_may_be_a_list_of_addresses():
+    config = configlib.parse({"listen": [":8080", "unix:/run/llmhop/llmhop.sock"], "models": MODELS}, {})
+    assert config.listen == ("tcp:8080", "unix:/run/llmhop/llmhop.sock")
+    assert configlib.parse({"listen": ["systemd"], "workers": 2, "models": MODELS}, {}).listen == ("systemd",)
+
+
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        ({"listen": []}, "listen: expected an address or a non-empty list of addresses"),
+        ({"listen": [":8080", 8081]}, "listen[1]: expected a string"),
+        ({"listen": [":8080", "nonsense"]}, "listen[1]: expected HOST:PORT"),
+        ({"listen": [":8080", "tcp:8080"]}, "listen: the same address twice"),
+        ({"listen": ["systemd", "systemd:domain=INET:index=0"]}, 'listen: "systemd" serves every socket'),
+        ({"listen": [":8080", "onion:80"], "workers": 2}, "workers: several workers need a listen form they can share"),
+    ],
+)
+def test_bad_listen_lists_name_their_place(settings, error):
+    with pytest.raises(ConfigError) as raised:
+        configlib.parse(dict(settings, models=MODELS), {})
     assert str(raised.value).startswith(error)

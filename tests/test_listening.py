@@ -2,13 +2,19 @@
 
 import errno
 import os
+import socket
 
 import pytest
+import pytest_twisted
 from hypothesis import given, strategies as st
+from twisted.internet import reactor
 from twisted.internet.endpoints import _parse as twisted_parse
 from twisted.internet.error import CannotListenError
 
+from llmhop import config as configlib
 from llmhop.listening import Endpoint, bind_failure, preflight
+from llmhop.service import GatewayService
+from tests.helpers import wait_for
 
 
 @given(st.text(alphabet=":=\\abcP0/ .", max_size=30))
@@ -83,3 +89,35 @@ def test_a_failed_bind_is_one_line_with_the_likely_fix(description, error, expec
     assert "\n" not in line and ".lock" not in line and "1531" not in line
     if description == "tcp:8080" and "permission" in expected:
         assert "1024" not in line
+
+
+class _KeepsRunning:
+    """The test's reactor, except that a failed start does not stop it (it would stop the test run)."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+    def callWhenRunning(self, f, *args, **kwargs):
+        pass
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_listen_entry_that_cannot_be_bound_releases_those_bound_before_it(tmp_path):
+    free_path = tmp_path / "first.sock"
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    with taken:
+        port = taken.getsockname()[1]
+        config = configlib.parse(
+            {"listen": ["unix:%s" % (free_path,), "127.0.0.1:%d" % (port,)], "models": {"m": {"url": "http://h"}}}, {}
+        )
+        gateway = GatewayService(config, _KeepsRunning(reactor))
+        gateway.privilegedStartService()
+        yield gateway._listening
+    assert gateway.failure.startswith("listen[1] tcp:%d:interface=127.0.0.1: cannot listen" % (port,))
+    # The unix socket bound first is let go (its socket file removed).
+    yield wait_for(lambda: not free_path.exists())

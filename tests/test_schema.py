@@ -139,6 +139,7 @@ MODEL_VALUES = {
 MODEL_ENTRY = st.fixed_dictionaries({"url": mostly(st.one_of(URLS, st.lists(URLS, max_size=3)))}, optional=MODEL_VALUES)
 NAMES = st.sampled_from(["m", "n", "local/*", "*", "m2", "o/*", "p", "q", "a*b", ""])
 MODELS = st.dictionaries(NAMES, mostly(MODEL_ENTRY), min_size=1, max_size=3)
+LISTEN = st.sampled_from([":8080", "127.0.0.1:1", "unix:/x", "nonsense", "systemd", "systemd:domain=INET:index=0"])
 TOKEN_OBJECT = st.fixed_dictionaries(
     {},
     optional={
@@ -151,7 +152,7 @@ TOKEN_OBJECT = st.fixed_dictionaries(
 TOP = st.fixed_dictionaries(
     {"models": mostly(MODELS)},
     optional={
-        "listen": mostly(st.sampled_from([":8080", "127.0.0.1:1", "unix:/x", "nonsense"])),
+        "listen": mostly(LISTEN | st.lists(LISTEN, max_size=3)),
         "authTokens": mostly(st.lists(st.sampled_from(["tok-1", "", "${env:X}"]) | TOKEN_OBJECT, max_size=2)),
         "maxBodyBytes": mostly(st.integers(0, 10)),
         "workers": mostly(st.integers(0, 3) | st.integers(250, 260)),

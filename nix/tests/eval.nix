@@ -190,7 +190,39 @@ let
     };
   };
 
+  # SPEC §7 in settings: several listeners, scoped tokens, CORS.
+  surface = eval {
+    services.llmhop = {
+      enable = true;
+      settings = {
+        listen = [
+          "127.0.0.1:8080"
+          "unix:/run/llmhop/llmhop.sock"
+        ];
+        authTokens = [
+          "\${file:admin}"
+          {
+            token = "\${file:team-a}";
+            name = "team-a";
+            models = [ "qwen/*" ];
+          }
+        ];
+        cors.allowOrigins = [ "https://chat.example" ];
+        models.m.url = "http://127.0.0.1:9";
+      };
+    };
+  };
+  surfaceRendered = surface.services.llmhop.renderedSettings;
+
   checks = {
+    "a listen list, scoped tokens and cors render as written" =
+      surfaceRendered.listen == [
+        "127.0.0.1:8080"
+        "unix:/run/llmhop/llmhop.sock"
+      ]
+      && (lib.elemAt surfaceRendered.authTokens 1).models == [ "qwen/*" ]
+      && surfaceRendered.cors.allowOrigins == [ "https://chat.example" ];
+
     "the stop timeout covers the drain delay and the shutdown grace" =
       llmhop.TimeoutStopSec == 45
       && draining.systemd.services.llmhop.serviceConfig.TimeoutStopSec == 86;

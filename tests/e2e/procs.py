@@ -161,18 +161,25 @@ class BackendProcess(Process):
         self.url = "http://127.0.0.1:%d" % (self.port,)
 
 
-def socket_activated(listener, argv):
+def socket_activated(listeners, argv):
     """C{argv} run as systemd (227 and later) runs a socket-activated service.
 
-    The socket becomes fd 3, and the environment names the receiving PID and
-    the socket.  Start it with C{pass_fds=(listener.fileno(),)}.
+    The sockets (one, or a list) become fds 3, 4, …, and the environment
+    names the receiving PID and the sockets.  Start it with
+    C{pass_fds=} their fds.
     """
+    if not isinstance(listeners, (list, tuple)):
+        listeners = [listeners]
+    fds = ",".join(str(listener.fileno()) for listener in listeners)
     launcher = (
-        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-        "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_FDNAMES'] = 'llmhop.socket'; "
+        # Moved out of the way first: a source fd may be one of 3, 4, ….
+        "import fcntl, os, sys; fds = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1].split(',')]; "
+        "[os.dup2(fd, 3 + i) for i, fd in enumerate(fds)]; os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.environ['LISTEN_FDS'] = str(len(fds)); "
+        "os.environ['LISTEN_FDNAMES'] = ':'.join(['llmhop.socket'] * len(fds)); "
         "os.execvp(sys.argv[2], sys.argv[2:])"
     )
-    return [sys.executable, "-c", launcher, str(listener.fileno())] + list(argv)
+    return [sys.executable, "-c", launcher, fds] + list(argv)
 
 
 def pid_alive(pid):

@@ -104,7 +104,7 @@ def test_metrics_on_a_listen_address_of_their_own(start_router, backend_process)
     port = router.port()
     assert post_chat(port, headers={"Authorization": "Bearer tok"})[0] == 200
     samples = scrape(metrics_url)  # no token needed there
-    assert samples[("llmhop_requests_total", (("model", "m"), ("status", "200"), ("token", "")))] == 1
+    assert samples[("llmhop_requests_total", (("model", "m"), ("status", "200"), ("token", "token-0")))] == 1
     # Not on the main port any more: /metrics there is an ordinary (unroutable) request.
     assert get(port, "/metrics", headers={"Authorization": "Bearer tok"})[0] == 400
 
