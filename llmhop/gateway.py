@@ -71,7 +71,7 @@ class Gateway(ScreeningResource):
             request.preflight = True
             return None
         path = line.path
-        open_path = path in HEALTH_PATHS or path == READY_PATH or (path == METRICS_PATH and self.public_metrics)
+        open_path = path in HEALTH_PATHS or path == READY_PATH or (path == METRICS_PATH and self._public_metrics)
         token = self.auth.identify(headers)
         if token is None and not open_path:
             return errors.unauthorized()
@@ -79,6 +79,11 @@ class Gateway(ScreeningResource):
         if length is not None and length > self.max_body_bytes:
             return errors.body_too_large(self.max_body_bytes)
         return None
+
+    @property
+    def _public_metrics(self) -> bool:
+        """/metrics is served here without a token (with metrics.listen it is not served here at all)."""
+        return self.public_metrics and self.metrics is not None
 
     def render(self, request: "GatewayRequest") -> object:
         if request.preflight:
@@ -301,9 +306,10 @@ def status(routes: RoutingTable, now: float, token: ClientToken = ANYONE) -> dic
 
 
 def _token_of(request: "GatewayRequest") -> ClientToken:
-    # Every request that reaches the resource passed the screen, which noted its token.
+    """The token the screen found; a request let through without one (an open path) may use nothing."""
     token = request.token
-    assert token is not None, "the screen notes the token of every request it lets through"
+    if token is None:
+        raise errors.Refusal(errors.unauthorized())
     return token
 
 

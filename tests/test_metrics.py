@@ -4,8 +4,11 @@ import json
 
 import treq
 from pytest_twisted import inlineCallbacks
+from twisted.internet import threads
 
+from tests import rawhttp
 from tests.helpers import dead_url, post, scrape
+from tests.test_channel import head_then_wait
 
 
 def value(samples, name, **labels):
@@ -62,6 +65,21 @@ def test_metrics_need_a_token_unless_public(make_router, backend):
     yield scrape(public)
     # Only /metrics is opened.
     assert (yield post(public, b'{"model": "m"}'))[0].code == 401
+    # With metrics on an address of their own, /metrics on the main port is
+    # an ordinary request, and no way past the token check.
+    elsewhere = make_router(
+        {
+            "authTokens": ["tok"],
+            "metrics": {"public": True, "listen": "127.0.0.1:0"},
+            "models": {"m": {"url": backend.url}},
+        }
+    )
+    assert (yield post(elsewhere, b'{"model": "m"}', path="/metrics"))[0].code == 401
+    # Answered from the head: no body is read for an unauthenticated client.
+    head = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    response = yield threads.deferToThread(head_then_wait, elsewhere.port, head)
+    assert rawhttp.status(response) == 401
+    assert backend.served == 0
 
 
 @inlineCallbacks
