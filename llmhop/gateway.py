@@ -8,7 +8,7 @@ channel calls with the headers alone, before any body byte is read.
 import json
 import math
 import time
-from typing import Optional, TypeVar, Union
+from typing import Callable, Optional, TypeVar, Union
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -147,18 +147,7 @@ class Gateway(ScreeningResource):
         encoding = request.getHeader(b"content-encoding")
         if encoding is not None and encoding.strip().lower() != b"identity":
             return self._fail(request, errors.unsupported_encoding())
-        # The steps are chained first and the chain fired once: a small body
-        # runs it to its end at once, in one pass; a big body's scan, or a
-        # place in a queue, pauses it.  A client that leaves stops the step
-        # under way (each step that pauses says so in its own Deferred).
-        forwarding: defer.Deferred = defer.Deferred()
-        forwarding.addCallback(self._model, request)
-        forwarding.addCallback(self._routed, request)
-        forwarding.addCallback(self._admitted, request)
-        forwarding.addCallback(self._send, request)
-        forwarding.addErrback(self._refused, request)
-        forwarding.callback(request.body)
-        return server.NOT_DONE_YET
+        return self._chain(request, request.body, self._model)
 
     def _forward_by_path(self, request: "GatewayRequest") -> object:
         """/route/<model>/<rest>: the model from the path, the body forwarded unread (SPEC §7)."""
@@ -169,12 +158,21 @@ class Gateway(ScreeningResource):
         # Any content type, any encoding: nothing reads it.  Neither spans
         # nor a body key: affinity goes by header, if the policy has one.
         request.spans = {}
+        return self._chain(request, model)
+
+    def _chain(self, request: "GatewayRequest", value: object, *first: Callable[..., object]) -> object:
+        """Run C{first} steps on C{value}, then route → admission → send; a refusal answers the client.
+
+        The steps are chained first and the chain fired once: a small body
+        runs it to its end at once, in one pass; a big body's scan, or a
+        place in a queue, pauses it.  A client that leaves stops the step
+        under way (each step that pauses says so in its own Deferred).
+        """
         forwarding: defer.Deferred = defer.Deferred()
-        forwarding.addCallback(self._routed, request)
-        forwarding.addCallback(self._admitted, request)
-        forwarding.addCallback(self._send, request)
+        for step in (*first, self._routed, self._admitted, self._send):
+            forwarding.addCallback(step, request)
         forwarding.addErrback(self._refused, request)
-        forwarding.callback(model)
+        forwarding.callback(value)
         return server.NOT_DONE_YET
 
     def _model(self, body: Body, request: "GatewayRequest") -> Union[str, defer.Deferred]:
