@@ -36,6 +36,8 @@ SHARED_DIR_ENVIRON = "PROMETHEUS_MULTIPROC_DIR"
 # LLM requests range from milliseconds (a cached model list) to many minutes
 # (a long completion that is not streamed).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+# Seconds per output token: from 1,000 tokens/s down to one a second.
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, float("inf"))
 
 
 # Where the files of a router with workers may go when systemd gave no
@@ -139,6 +141,25 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.prompt_tokens = Counter(
+            "llmhop_prompt_tokens",
+            "Prompt tokens of answered requests, from the answers' usage, by model route and client token name.",
+            ["model", "token"],
+            registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "llmhop_completion_tokens",
+            "Completion tokens of answered requests, from the answers' usage, by model route and client token name.",
+            ["model", "token"],
+            registry=registry,
+        )
+        self.time_per_output_token = Histogram(
+            "llmhop_time_per_output_token_seconds",
+            "A stream's time from its first byte to its end, per completion token.",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
         # Label children, looked up once: .labels() costs a lock and a dict.
         self._per_model: dict[str, _RouteMetrics] = {}
         self._per_status: dict[tuple[str, str, str], Counter] = {}
@@ -177,6 +198,13 @@ class Metrics:
             children.first_byte.observe(first_byte)
         children.received.inc(received)
         children.sent.inc(sent)
+
+    def tokens_used(self, model: str, token: str, prompt: int, completion: int, per_token: Optional[float]) -> None:
+        """An answer's usage (SPEC §8); C{per_token}: a stream's seconds per completion token."""
+        self.prompt_tokens.labels(model, token).inc(prompt)
+        self.completion_tokens.labels(model, token).inc(completion)
+        if per_token is not None:
+            self.time_per_output_token.labels(model).observe(per_token)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_failures.labels(model, kind).inc()

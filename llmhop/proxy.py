@@ -11,6 +11,7 @@ closes the backend connection so the inference server stops generating.
 """
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -27,7 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from llmhop import errors
+from llmhop import errors, usage
 from llmhop.accesslog import Outcome
 from llmhop.auth import CREDENTIAL_HEADERS
 from llmhop.extract import renamed
@@ -398,6 +399,8 @@ class Exchange:
     _attempts: Optional[Attempts] = None
     _sending: Optional[defer.Deferred] = None
     _relay: Optional["_Relay"] = None
+    # The answer is a stream of server-sent events (its usage is in the last data event).
+    _streamed: bool = False
 
     @property
     def model(self) -> str:
@@ -449,6 +452,7 @@ class Exchange:
         else:
             self._state, self._relay = self.RELAYING, relay
             self._send_head(response)
+            relay.tail = self._tail_for(response)
             if self._attempts is not None and self._attempts.fell_back:
                 self.request.responseHeaders.setRawHeaders(FALLBACK_HEADER, [self._attempts.route.name.encode("utf-8")])
         response.deliverBody(relay)
@@ -470,6 +474,29 @@ class Exchange:
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
 
+    def _tail_for(self, response: IResponse) -> Optional[usage.Tail]:
+        """Where the answer's last bytes are kept, when they may report token usage (SPEC §8)."""
+        if self.upstream.metrics is None or not 200 <= response.code < 300:
+            return None
+        kind = _media_type(response.headers)
+        if kind == b"text/event-stream":
+            self._streamed = True
+        elif kind != b"application/json":
+            return None
+        return usage.Tail()
+
+    def _count_usage(self, tail: usage.Tail) -> None:
+        metrics = self.upstream.metrics
+        found = usage.read(tail, self._streamed)
+        if metrics is None or found is None:
+            return
+        request = self.request
+        per_token = None
+        if self._streamed and found.completion and request.first_byte is not None:
+            per_token = (time.monotonic() - request.first_byte) / found.completion
+        token = "" if request.token is None else request.token.name
+        metrics.tokens_used(request.route or self.route.name, token, found.prompt, found.completion, per_token)
+
     def stalled(self) -> None:
         """The backend went silent mid-response: give up on both sides."""
         if self._state != self.RELAYING:
@@ -489,11 +516,14 @@ class Exchange:
         """The relayed body ended: complete, or cut off by the backend."""
         if self._state != self.RELAYING:
             return
+        relay = self._relay
         self._state, self._relay = self.DONE, None
         request = self.request
         request.unregisterProducer()
         if reason.check(ResponseDone, http.PotentialDataLoss):
             request.finish()
+            if relay is not None and relay.tail is not None:
+                self._count_usage(relay.tail)
             return
         # The backend died mid-response.  Finishing would tell the client the
         # answer was complete; only an aborted connection says it was not.
@@ -520,6 +550,8 @@ class _Relay(Protocol):
     """
 
     discard = False
+    # The answer's last bytes, when its token usage is wanted (llmhop.usage).
+    tail: Optional[usage.Tail] = None
     transport: Any
     _watchdog: Optional[IDelayedCall] = None
 
@@ -539,6 +571,8 @@ class _Relay(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self.discard:
             self._last = self.reactor.seconds()
+            if self.tail is not None:
+                self.tail.add(data)
             self.exchange.request.write(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -581,6 +615,12 @@ class _Relay(Protocol):
             return
         self.stopProducing()
         self.exchange.stalled()
+
+
+def _media_type(headers: Headers) -> bytes:
+    """The Content-Type without its parameters, in lower case."""
+    values = headers.getRawHeaders(b"content-type")
+    return values[0].partition(b";")[0].strip().lower() if values else b""
 
 
 def _failure_kind(reason: Failure) -> str:

@@ -4,9 +4,10 @@ The request body says what to do: ``{"model": ..., "script": {"kind": ...}}``
 (the OpenAI SDK sends it with ``extra_body``).  Kinds:
 
 - ``echo`` (default): answer 200 with what arrived (method, uri, headers,
-  sha256 and length of the body), as JSON;
+  sha256 and length of the body), as JSON, then ``pad`` bytes and ``usage`` if given;
 - ``sse``: ``n`` server-sent events ``interval`` seconds apart, each carrying
-  the time it was sent;
+  the time it was sent; with ``usage``, an event carrying it (written in two
+  pieces) before ``[DONE]``;
 - ``big``: ``size`` bytes of response body, written as fast as the client
   reads them, counting what the transport accepted (for backpressure tests);
 - ``die``: send headers and ``n`` events, then abort the connection;
@@ -113,6 +114,8 @@ class Backend(resource.Resource):
                 "sha256": hashlib.sha256(body).hexdigest(),
                 "length": len(body),
                 "client_port": getattr(request.getClientAddress(), "port", None),
+                "pad": "x" * script.get("pad", 0),
+                **({"usage": script["usage"]} if "usage" in script else {}),
             }
         ).encode()
 
@@ -142,7 +145,9 @@ class Backend(resource.Resource):
     def _status(self, request, body, script):
         request.setResponseCode(script.get("code", 500))
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"scripted": script.get("code", 500)}).encode()
+        return json.dumps(
+            {"scripted": script.get("code", 500), **({"usage": script["usage"]} if "usage" in script else {})}
+        ).encode()
 
     def _sse(self, request, body, script, then=None):
         request.setHeader(b"content-type", b"text/event-stream")
@@ -155,6 +160,11 @@ class Backend(resource.Resource):
                 return
             if i == count:
                 if then is None:
+                    if "usage" in script:
+                        event = b"data: " + json.dumps({"choices": [], "usage": script["usage"]}).encode() + b"\n\n"
+                        # Split as a proxy's reads may split it.
+                        request.write(event[:20])
+                        request.write(event[20:])
                     request.write(b"data: [DONE]\n\n")
                     request.finish()
                 else:

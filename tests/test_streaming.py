@@ -19,15 +19,21 @@ def sse_request(test_id, **script):
 
 @inlineCallbacks
 def test_events_arrive_as_the_backend_sends_them(router):
+    # With a usage event at the end: keeping the answer's tail for it (SPEC §8)
+    # must not hold anything back.
     arrivals = []
-    body = json.dumps({"model": "m", "stream": True, "script": {"kind": "sse", "n": 5, "interval": 0.2}})
+    usage = {"prompt_tokens": 3, "completion_tokens": 5}
+    body = json.dumps(
+        {"model": "m", "stream": True, "script": {"kind": "sse", "n": 5, "interval": 0.2, "usage": usage}}
+    )
     response = yield treq.post(router.url + "/v1/chat/completions", body.encode(), unbuffered=True)
     assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
     yield treq.collect(response, lambda chunk: arrivals.append((time.time(), chunk)))
-    events = []
+    events, buffer = [], b""
     for arrived, chunk in arrivals:
-        for line in chunk.split(b"\n\n"):
-            if line.startswith(b"data: {"):
+        *complete, buffer = (buffer + chunk).split(b"\n\n")
+        for line in complete:
+            if line.startswith(b'data: {"i"'):
                 events.append((arrived, json.loads(line[len(b"data: ") :])))
     assert [e["i"] for _, e in events] == [0, 1, 2, 3, 4]
     # Each event reaches the client promptly, long before the stream ends.
