@@ -6,6 +6,7 @@ instead, in the same format as its other lines: twisted.logger's formatting
 and dispatch cost a small request about 15% of its CPU (bench/RESULTS.md).
 """
 
+import json
 import re
 import time
 from typing import Optional, TextIO
@@ -15,6 +16,8 @@ from twisted.logger import Logger
 
 _access = Logger(namespace="llmhop.access")
 
+# How a worker marks a JSON access line for its supervisor (L{llmhop.workers}).
+JSON_LINE = "access "
 # What textFileLogObserver shows for an event without a log_system.
 DEFAULT_SYSTEM = "llmhop.access#info"
 
@@ -40,65 +43,80 @@ class Outcome:
         return "upstream-" + kind
 
 
+@attrs.frozen
+class Entry:
+    """One request, as its access line tells it (SPEC §8).
+
+    @ivar status: None when no answer was started.
+    @ivar first_byte: seconds from arrival to the answer's first byte, if any.
+    @ivar client: the client's address (None: unknown, such as a unix socket peer).
+    @ivar replica: the URL of the replica that answered, if one did.
+    @ivar fallback: the route that answered instead of the model's own (SPEC §6).
+    @ivar token: the name of the client's token (config-checked; "" without auth).
+    """
+
+    method: Optional[bytes]
+    path: Optional[bytes]
+    model: Optional[str]
+    status: Optional[int]
+    sent: int
+    duration: float
+    first_byte: Optional[float]
+    outcome: str
+    client: Optional[str]
+    replica: Optional[str]
+    request_id: bytes
+    fallback: Optional[str] = None
+    token: str = ""
+
+
 @attrs.define
 class AccessLog:
-    """Call with the line and its fields; C{stream} None means twisted.logger.
+    """Writes one line per request; C{stream} None means twisted.logger.
 
     @ivar plain: write C{info LINE} for a supervisor to relay (see
         L{llmhop.workers}) rather than timestamped lines.
+    @ivar json: write each line as one JSON object (C{accessLog.format}),
+        nothing else on the line.
     """
 
     stream: Optional[TextIO] = None
     system: str = DEFAULT_SYSTEM
     plain: bool = False
+    json: bool = False
     _second: int = -1
     _prefix: str = ""
 
-    def request(
-        self,
-        method: Optional[bytes],
-        path: Optional[bytes],
-        model: Optional[str],
-        status: Optional[int],
-        sent: int,
-        duration: float,
-        outcome: str,
-        fallback: Optional[str] = None,
-        token: str = "",
-    ) -> None:
-        """The line for one request: what the client sent is escaped, so no client can forge a line.
-
-        C{fallback}: the route that answered instead of the model's own (SPEC §6).
-        C{token}: the name of the client's token (SPEC §7; config-checked, so never escaped).
-        """
-        fields = {
-            "method": printable(method),
-            "path": printable(path),
-            "model": "-" if model is None else printable(model.encode("utf-8", "replace")),
-            "status": "-" if status is None else status,
-        }
-        # Formatted here, in one step: twisted.logger's formatter is pure
-        # Python per field.  The fields stay in the event for structured observers.
-        line = "%s %s model=%s status=%s bytes=%d duration=%.3fs%s" % (
-            fields["method"],
-            fields["path"],
-            fields["model"],
-            fields["status"],
-            sent,
-            duration,
-            " aborted=" + outcome if outcome else "",
-        )
-        if fallback is not None:
-            line += " fallback=" + printable(fallback.encode("utf-8", "replace"))
-        if token:
-            line += " token=" + token
-        self(line, bytes=sent, duration=duration, outcome=outcome, token=token, **fields)
+    def request(self, entry: Entry) -> None:
+        """The line for one request: what the client sent is escaped, so no client can forge a line."""
+        if self.json:
+            fields = _fields(entry)
+            self(json.dumps(fields, separators=(",", ":")), **fields)
+            return
+        # Formatted in one step: twisted.logger's formatter is pure Python
+        # per field.  The fields are made only for its observers.
+        line = _text(entry)
+        if self.stream is None:
+            self(line, **_fields(entry))
+        else:
+            self.stream.write(self._line_prefix() + line + "\n")
 
     def __call__(self, line: str, **fields: object) -> None:
         if self.stream is None:
             _access.info("{line}", line=line, **fields)
-            return
-        self.stream.write(self._line_prefix() + line + "\n")
+        elif not self.json:
+            self.stream.write(self._line_prefix() + line + "\n")
+        elif self.plain:
+            self.stream.write(JSON_LINE + line + "\n")  # the supervisor writes it as it is
+        else:
+            self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """A JSON access line: the whole line, nothing before it (a worker's, too)."""
+        if self.stream is None:
+            _access.info("{line}", line=line)
+        else:
+            self.stream.write(line + "\n")
 
     def _line_prefix(self) -> str:
         if self.plain:
@@ -109,6 +127,47 @@ class AccessLog:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
             self._second, self._prefix = second, "%s [%s] " % (stamp, self.system)
         return self._prefix
+
+
+def _text(entry: Entry) -> str:
+    line = "%s %s model=%s status=%s bytes=%d duration=%.3fs ttfb=%s client=%s replica=%s id=%s" % (
+        printable(entry.method),
+        printable(entry.path),
+        "-" if entry.model is None else printable(entry.model.encode("utf-8", "replace")),
+        "-" if entry.status is None else entry.status,
+        entry.sent,
+        entry.duration,
+        "-" if entry.first_byte is None else "%.3fs" % (entry.first_byte,),
+        entry.client or "-",
+        entry.replica or "-",
+        printable(entry.request_id),
+    )
+    if entry.outcome:
+        line += " aborted=" + entry.outcome
+    if entry.fallback is not None:
+        line += " fallback=" + printable(entry.fallback.encode("utf-8", "replace"))
+    if entry.token:
+        line += " token=" + entry.token
+    return line
+
+
+def _fields(entry: Entry) -> dict[str, object]:
+    """The entry as JSON-ready fields: the JSON line, and the event for twisted.logger's observers."""
+    return {
+        "method": printable(entry.method),
+        "path": printable(entry.path),
+        "model": entry.model,
+        "status": entry.status,
+        "bytes": entry.sent,
+        "duration": round(entry.duration, 6),
+        "ttfb": None if entry.first_byte is None else round(entry.first_byte, 6),
+        "client": entry.client,
+        "replica": entry.replica,
+        "requestId": entry.request_id.decode("ascii", "replace"),
+        "outcome": entry.outcome or None,
+        "fallback": entry.fallback,
+        "token": entry.token or None,
+    }
 
 
 _UNPRINTABLE = re.compile(rb"[^\x21-\x7e]|\\")

@@ -48,6 +48,7 @@ _MODEL_KEYS = _keys(_SCHEMA["$defs"]["model"])
 _HEALTH_KEYS = _keys(_SCHEMA["$defs"]["healthCheck"])
 _TOKEN_KEYS = _keys(_SCHEMA["$defs"]["clientToken"])
 _CORS_KEYS = _keys(_SCHEMA["properties"]["cors"])
+_ACCESS_LOG_KEYS = _keys(_SCHEMA["properties"]["accessLog"])
 
 DEFAULT_LISTEN = ":8080"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -185,6 +186,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     # cors.allowOrigins: origins whose browsers may read answers (["*"]: any); none by default.
     cors_origins: tuple[str, ...] = ()
+    # accessLog.format: "text" lines, or "json" objects, one per line.
+    access_log_format: str = "text"
 
 
 def load(path: str, environ: Optional[Mapping[str, str]] = None, resolve: bool = True) -> Config:
@@ -273,6 +276,7 @@ def parse(
         workers=_workers(top.get("workers", 1), listen),
         metrics=_metrics(top.get("metrics", {})),
         cors_origins=_cors(top.get("cors", {})),
+        access_log_format=_access_log(top.get("accessLog", {})),
     )
 
 
@@ -284,6 +288,18 @@ def _metrics(value: Any) -> MetricsConfig:
         public=_bool(spec.get("public", False), "metrics.public"),
         listen=None if listen is None else listen_endpoint(_string(listen, "metrics.listen"), "metrics.listen"),
     )
+
+
+ACCESS_LOG_FORMATS = ("text", "json")
+
+
+def _access_log(value: Any) -> str:
+    spec = _object(value, "accessLog")
+    _known(spec, "accessLog", _ACCESS_LOG_KEYS)
+    form = _string(spec.get("format", "text"), "accessLog.format")
+    if form not in ACCESS_LOG_FORMATS:
+        raise ConfigError("accessLog.format", "expected one of: %s" % (", ".join(ACCESS_LOG_FORMATS),))
+    return form
 
 
 def _cors(value: Any) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from llmhop.accesslog import Outcome
 from llmhop.auth import CREDENTIAL_HEADERS
 from llmhop.extract import renamed
 from llmhop.metrics import Metrics
+from llmhop.requestid import REQUEST_ID_HEADER
 from llmhop.routing import Route
 
 if TYPE_CHECKING:
@@ -58,7 +59,15 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host"}
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    # Set from request_id (the client's, when fair): its twins never pass.
+    b"x-request-id",
+}
 # SPEC §5, header twins: some servers (CGI/WSGI-style environments, some
 # frameworks) read "X_Forwarded_For" as "X-Forwarded-For", so each check
 # below is made on the name with _ read as -, and a client header that is
@@ -99,6 +108,7 @@ def upstream_headers(request: "GatewayRequest", route: Route, strip_credentials:
         ip = host.encode("ascii")
         out.setRawHeaders(b"X-Forwarded-For", [b", ".join([*chain, ip]) if chain else ip])
     out.setRawHeaders(b"X-Forwarded-Proto", [b"https" if request.isSecure() else b"http"])
+    out.setRawHeaders(REQUEST_ID_HEADER, [request.request_id])
     client_host = incoming.getRawHeaders(b"host")
     if client_host:
         out.setRawHeaders(b"X-Forwarded-Host", client_host[:1])
@@ -288,6 +298,7 @@ class Attempts:
             self._move_on("status-%d" % (response.code,), "it answered %d" % (response.code,))
             return
         self._state = self.DONE
+        self.request.replica = self.route.replicas[self.replica].url
         assert self._result is not None
         self._result.callback(response)
 

@@ -242,6 +242,7 @@ class GatewayService(service.MultiService):
         # The gateway serving new requests; a reload replaces it.
         self.gateway = build_gateway(config, reactor, self.pool, self.metrics)
         self.site = GatewaySite(self.gateway, config.timeouts, reactor, access_log, self.metrics)
+        self.site.access_log.json = config.access_log_format == "json"
         # Active health checks (SPEC §6): none run unless a model asks.
         self.health = HealthChecks(reactor)
         # Why the start failed: one line, naming the address and the fix.
@@ -263,6 +264,8 @@ class GatewayService(service.MultiService):
                 config.timeouts.shutdown + config.timeouts.drainDelay,
                 relay_logs,
                 on_exit=self.metrics.process_ended,
+                # Their JSON access lines are written as they are, with no log prefix.
+                access_line=self.site.access_log.write_line,
             )
 
     def _grace(self) -> float:

@@ -34,10 +34,11 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from llmhop import config as configlib, errors, framing, internals
-from llmhop.accesslog import AccessLog, Outcome
+from llmhop.accesslog import AccessLog, Entry, Outcome
 from llmhop.auth import ClientToken
 from llmhop.extract import Spans
 from llmhop.metrics import Metrics
+from llmhop.requestid import REQUEST_ID_HEADER, request_id_of
 from llmhop.writethrough import WriteThroughMixin
 
 # How long a rejected client may keep sending before it is cut off.
@@ -76,6 +77,9 @@ class GatewayRequest(server.Request):
     cors_origin: Optional[bytes] = None
     # A CORS preflight from an allowed origin: llmhop answers it, without auth.
     preflight = False
+    # The URL of the replica that answered, once one did.
+    replica: Optional[str] = None
+    _request_id: Optional[bytes] = None
     # The client's token, once its head passed the screen (L{llmhop.auth.ANYONE} without auth).
     token: Optional[ClientToken] = None
     outcome = Outcome.NORMAL
@@ -126,9 +130,18 @@ class GatewayRequest(server.Request):
         self._site.request_started(self)
         self.process()
 
+    @property
+    def request_id(self) -> bytes:
+        """The client's C{X-Request-Id} when it is a fair one, else one made here (SPEC §8)."""
+        if self._request_id is None:
+            self._request_id = request_id_of(self.requestHeaders)
+        return self._request_id
+
     def write(self, data: bytes) -> None:
         if self.first_byte is None:
             self.first_byte = time.monotonic()
+            # On every answer: relayed, streamed, or llmhop's own error.
+            self.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [self.request_id])
             if self.cors_origin is not None and not self.preflight:
                 self._allow_origin(self.cors_origin)
         # twisted.web writes a response's head and its first bytes separately;
@@ -171,9 +184,24 @@ class GatewayRequest(server.Request):
             self._site.request_ended(self)
         status = self.code if self.startedWriting else None
         duration = time.monotonic() - self.started
+        first_byte = None if self.first_byte is None else self.first_byte - self.started
         token = "" if self.token is None else self.token.name
         self._site.access_log.request(
-            self.method, self.path, self.model, status, self.sentLength, duration, self.outcome, self.fallback, token
+            Entry(
+                self.method,
+                self.path,
+                self.model,
+                status,
+                self.sentLength,
+                duration,
+                first_byte,
+                self.outcome,
+                self._client_host(),
+                self.replica,
+                self.request_id,
+                self.fallback,
+                token,
+            )
         )
         metrics = self._site.metrics
         if metrics is not None:
@@ -181,11 +209,15 @@ class GatewayRequest(server.Request):
                 self.route or "",
                 "-" if status is None else str(status),
                 duration,
-                None if self.first_byte is None else self.first_byte - self.started,
+                first_byte,
                 self.received(),
                 self.sentLength,
                 token,
             )
+
+    def _client_host(self) -> Optional[str]:
+        # An IPv4 or IPv6 peer has a host; a unix socket's peer has none worth logging.
+        return getattr(self.client, "host", None)
 
 
 class GatewayChannel(http.HTTPChannel):
@@ -488,6 +520,7 @@ class GatewaySite(server.Site):
         """Serve new requests with C{gateway}; those under way keep the one they started with."""
         self.gateway = self.resource = gateway
         self.timeouts = config.timeouts
+        self.access_log.json = config.access_log_format == "json"
         self.timeOut = config.timeouts.idle
 
     def drained(self) -> defer.Deferred:

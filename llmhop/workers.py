@@ -43,6 +43,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from llmhop import internals
+from llmhop.accesslog import JSON_LINE
 from llmhop.listening import socket_family, sockets_stay_nonblocking
 
 # The fd a worker finds the first shared listening socket on (as systemd
@@ -105,6 +106,9 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
     def _relay(self, line: bytes) -> None:
         level_name, _, text = line.decode("utf-8", "replace").partition(" ")
+        if level_name + " " == JSON_LINE and self.pool.access_line is not None:
+            self.pool.access_line(text)
+            return
         level = _LEVELS.get(level_name)
         if level is None:
             level, text = LogLevel.info, line.decode("utf-8", "replace")
@@ -132,6 +136,8 @@ class WorkerPool:
     relay_logs: bool
     # Told the pid of every worker that ended (its metrics stop counting as live).
     on_exit: Optional[Callable[[int], None]] = None
+    # Writes a worker's JSON access line as it is (L{llmhop.accesslog.JSON_LINE}).
+    access_line: Optional[Callable[[str], None]] = None
     # What the first process listens on: (endpoint description, fd) per socket.
     _listening: list[tuple[str, int]] = attrs.Factory(list)
     _workers: dict[int, _WorkerProtocol] = attrs.Factory(dict)

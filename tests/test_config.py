@@ -376,3 +376,16 @@ def test_bad_listen_lists_name_their_place(settings, error):
     with pytest.raises(ConfigError) as raised:
         configlib.parse(dict(settings, models=MODELS), {})
     assert str(raised.value).startswith(error)
+
+
+def test_the_access_log_format_is_text_or_json():
+    assert configlib.parse({"models": MODELS}, {}).access_log_format == "text"
+    assert configlib.parse({"accessLog": {"format": "json"}, "models": MODELS}, {}).access_log_format == "json"
+    for value, error in (
+        ({"format": "xml"}, "accessLog.format: expected one of: text, json"),
+        ({"style": "json"}, "accessLog.style: unknown key"),
+        ("json", "accessLog: expected an object"),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            configlib.parse({"accessLog": value, "models": MODELS}, {})
+        assert str(raised.value).startswith(error)

@@ -39,7 +39,7 @@ def test_every_relative_link_resolves(page):
 
 def schema_keys():
     top = SCHEMA["properties"]
-    nested = ("timeouts", "metrics", "cors")
+    nested = ("timeouts", "metrics", "cors", "accessLog")
     keys = set(top) - set(nested)
     for name in nested:
         keys |= {name + "." + k for k in top[name]["properties"]}
@@ -96,7 +96,7 @@ def test_every_command_line_flag_is_documented_and_every_documented_one_exists()
 
 
 def test_the_metrics_table_names_every_metric():
-    table = set(re.findall(r"`(llmhop_[a-z_]+)`", text(ROOT / "docs" / "operations.md")))
+    table = set(re.findall(r"`(llmhop_[a-z_]+)`", text(ROOT / "docs" / "observability.md")))
     exported = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in Metrics().registry.collect()

@@ -181,8 +181,8 @@ def test_backend_status_and_headers_are_relayed(router):
     response, content = yield post(router, chat(script={"kind": "status", "code": 429}))
     assert response.code == 429
     assert json.loads(content) == {"scripted": 429}
-    response, content = yield post(router, chat(script={"kind": "echo", "headers": {"X-Request-Id": "abc"}}))
-    assert response.headers.getRawHeaders("x-request-id") == ["abc"]
+    response, content = yield post(router, chat(script={"kind": "echo", "headers": {"X-Trace": "abc"}}))
+    assert response.headers.getRawHeaders("x-trace") == ["abc"]
 
 
 @inlineCallbacks

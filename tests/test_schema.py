@@ -164,6 +164,9 @@ TOP = st.fixed_dictionaries(
                 {}, optional={"public": mostly(st.booleans()), "listen": mostly(st.just("tcp:9")), "x": ANY}
             )
         ),
+        "accessLog": mostly(
+            st.fixed_dictionaries({}, optional={"format": st.sampled_from(["text", "json", "xml"]), "x": ANY})
+        ),
         "cors": mostly(
             st.fixed_dictionaries(
                 {},

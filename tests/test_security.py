@@ -346,4 +346,9 @@ def test_no_header_is_invented_for_a_relayed_answer(gateway, recorder):
     response_head, body = rawhttp.split(answer)
     names = sorted(line.split(b":")[0].lower() for line in response_head.split(b"\r\n")[1:])
     assert statuses(answer) == [200] and body == b"plain words"
-    assert names == [b"connection", b"content-length", b"x-only"], response_head
+    # X-Request-Id is llmhop's own (SPEC §8), and what the backend was sent.
+    assert names == [b"connection", b"content-length", b"x-only", b"x-request-id"], response_head
+    returned = [
+        line.split(b": ", 1)[1] for line in response_head.split(b"\r\n") if line.lower().startswith(b"x-request-id:")
+    ]
+    assert recorder.requests()[-1].header(b"x-request-id") == returned

@@ -13,7 +13,7 @@ import pytest
 from llmhop import __version__
 from tests import rawhttp
 from tests.certs import ScratchCA
-from tests.e2e.procs import ROOT, Router, env, llmhop_command, socket_activated, write_config
+from tests.e2e.procs import ROOT, Router, env, llmhop_command, socket_activated, wait_for, write_config
 
 
 def run_llmhop(*args, environ=None, cwd=ROOT):
@@ -363,3 +363,29 @@ def test_notify_socket_gets_ready_and_stopping(tmp_path, start_router, backend_p
         router.signal(signal.SIGTERM)
         assert notify.recv(100) == b"STOPPING=1"
     assert router.wait() == 0
+
+
+def test_json_access_lines_are_whole_lines_with_workers(backend_process, start_router):
+    router = start_router(
+        {
+            "listen": "127.0.0.1:0",
+            "workers": 2,
+            "accessLog": {"format": "json"},
+            "models": {"m": {"url": backend_process.url}},
+        }
+    )
+    router.wait_for_line(r"\[worker 2\] llmhop listening on")
+    port = router.port()
+    for _ in range(12):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"model": "m"}))
+        conn.getresponse().read()
+        conn.close()
+
+    def access_lines():
+        found = [line for line in router.output.splitlines() if '"requestId"' in line]
+        return found if len(found) == 12 else None
+
+    for line in wait_for(access_lines):
+        entry = json.loads(line)  # the whole line, nothing before or after it
+        assert (entry["path"], entry["status"], entry["replica"]) == ("/v1/chat/completions", 200, backend_process.url)
