@@ -13,7 +13,7 @@ keep counting, the gauges count live processes only.
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Optional
+from typing import Literal, Optional
 
 import attrs
 from prometheus_client import (
@@ -89,11 +89,14 @@ class Metrics:
             values.ValueClass = values.MultiProcessValue()
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        # CPU, memory, open descriptors (Linux's /proc).  With workers a
+        # scrape reaches one process of several: each process copies its own
+        # figures into multiprocess metrics (L{refresh_process}), summed.
+        self._process: Optional[_ProcessMetrics] = None
         if shared_dir is None:
-            # CPU, memory, open descriptors of this process (Linux's /proc).
-            # With workers a scrape reaches one process of several, so its
-            # figures would stand for none of them: left out there.
             ProcessCollector(registry=registry)
+        else:
+            self._process = _ProcessMetrics.made(registry)
         self.requests = Counter(
             "llmhop_requests",
             "Requests answered, by model route, status and client token name (empty without auth).",
@@ -224,12 +227,69 @@ class Metrics:
         if self.shared_dir is not None:
             multiprocess.mark_process_dead(pid, self.shared_dir)
 
+    def refresh_process(self) -> None:
+        """With workers: this process's CPU, memory and descriptors into the shared metrics (every few seconds)."""
+        if self._process is not None:
+            self._process.refresh()
+
     def render(self) -> bytes:
         if self.shared_dir is None:
             return generate_latest(_WithoutCreated(self.registry))
+        self.refresh_process()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
         return generate_latest(registry)
+
+
+@attrs.define
+class _ProcessMetrics:
+    """prometheus_client's process metrics for a router with workers, under the multiprocess rules.
+
+    Its ProcessCollector reads one process; here every process copies its
+    own figures into metrics of the same names that the multiprocess
+    collector combines: memory and descriptors summed over the live
+    processes, CPU seconds summed over every process that ran (a counter),
+    the start time of the oldest.
+    """
+
+    resident: Gauge
+    virtual: Gauge
+    open_fds: Gauge
+    start_time: Gauge
+    cpu: Counter
+    _cpu_seen: float = 0.0
+
+    @classmethod
+    def made(cls, registry: CollectorRegistry) -> "_ProcessMetrics":
+        def gauge(name: str, doc: str, mode: Literal["livesum", "min"]) -> Gauge:
+            return Gauge(name, doc, multiprocess_mode=mode, registry=registry)
+
+        return cls(
+            gauge("process_resident_memory_bytes", "Resident memory of the router's processes, summed.", "livesum"),
+            gauge("process_virtual_memory_bytes", "Virtual memory of the router's processes, summed.", "livesum"),
+            gauge("process_open_fds", "Open file descriptors of the router's processes, summed.", "livesum"),
+            gauge("process_start_time_seconds", "When the oldest of the router's processes started.", "min"),
+            Counter("process_cpu_seconds", "CPU seconds of the router's processes, summed.", registry=registry),
+        )
+
+    def refresh(self) -> None:
+        figures = {
+            sample.name: sample.value
+            for family in ProcessCollector(registry=None).collect()
+            for sample in family.samples
+        }
+        for name, gauge in (
+            ("process_resident_memory_bytes", self.resident),
+            ("process_virtual_memory_bytes", self.virtual),
+            ("process_open_fds", self.open_fds),
+            ("process_start_time_seconds", self.start_time),
+        ):
+            if name in figures:
+                gauge.set(figures[name])
+        cpu = figures.get("process_cpu_seconds_total")
+        if cpu is not None and cpu > self._cpu_seen:
+            self.cpu.inc(cpu - self._cpu_seen)
+            self._cpu_seen = cpu
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from collections.abc import Generator
 from typing import Callable, NoReturn, Optional, cast
 
 import attrs
-from twisted.application import service
+from twisted.application import internet, service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IFileDescriptor, IListeningPort, IProtocolFactory, IReactorTime
@@ -46,6 +46,9 @@ from llmhop.writethrough import write_through
 MAX_PERSISTENT_PER_BACKEND = 512
 
 _log = Logger()
+
+# How often each process of a router with workers updates its process metrics.
+PROCESS_METRICS_SECONDS = 5.0
 
 # A listening port and the endpoint description it was bound (or adopted) from.
 Listener = tuple[str, IListeningPort]
@@ -249,6 +252,11 @@ class GatewayService(service.MultiService):
         self.failure: Optional[str] = None
         self._listening: Optional[defer.Deferred] = None
         DrainService(self.site, self.pool, reactor, self._grace).setServiceParent(self)
+        if self.shared_dir is not None:
+            # With workers: each process's CPU and memory into the shared metrics.
+            refresh = internet.TimerService(PROCESS_METRICS_SECONDS, self.metrics.refresh_process)
+            refresh.clock = reactor
+            refresh.setServiceParent(self)
         # Only the first process watches: it passes a reload on to its workers.
         if watch_config and worker is None and config_path is not None:
             WatchService(ConfigWatcher(reactor, config_path, self.reload)).setServiceParent(self)

@@ -395,3 +395,42 @@ def test_metrics_sum_every_worker_whichever_answers_the_scrape(start_router, bac
     router.signal(signal.SIGTERM)
     assert router.wait() == 0
     assert os.listdir(run) == []
+
+
+def process_figures(conn):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    text = response.read()
+    assert response.status == 200
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name.startswith("process_")
+    }
+
+
+def test_process_metrics_with_workers_sum_the_live_processes(two_workers):
+    port = two_workers.port()
+    pids = [two_workers.pid, worker_pid(two_workers)]
+
+    def rss(pid):
+        with open("/proc/%d/statm" % (pid,)) as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    # One connection, so one process answers every scrape: the other's
+    # figures come from its own timer.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def summed():
+        # Each process copies its own figures every few seconds: more than
+        # any one process's memory once both have.
+        figures = process_figures(conn)
+        return figures if figures.get("process_resident_memory_bytes", 0) > max(rss(p) for p in pids) else None
+
+    figures = wait_for(summed, timeout=20)
+    conn.close()
+    assert figures["process_open_fds"] > 0 and figures["process_cpu_seconds_total"] > 0
+    assert figures["process_start_time_seconds"] > 0
