@@ -168,6 +168,9 @@ class Gateway(ScreeningResource):
         place in a queue, pauses it.  A client that leaves stops the step
         under way (each step that pauses says so in its own Deferred).
         """
+        tracing = self.upstream.tracing
+        if tracing is not None:
+            request.span = tracing.request(request)
         forwarding: defer.Deferred = defer.Deferred()
         for step in (*first, self._routed, self._admitted, self._send):
             forwarding.addCallback(step, request)
@@ -189,6 +192,8 @@ class Gateway(ScreeningResource):
         if route is None:
             raise errors.Refusal(errors.model_not_found(model))
         request.route = route.name
+        if request.span is not None:
+            request.span.routed(model, route.name, _token_of(request).name)
         routes = [route, *self._fallbacks(route, request)]
         if all(r.all_down for r in routes):
             retry_after = max(r.retry_after for r in routes)

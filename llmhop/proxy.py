@@ -35,6 +35,7 @@ from llmhop.extract import renamed
 from llmhop.metrics import Metrics
 from llmhop.requestid import REQUEST_ID_HEADER
 from llmhop.routing import Route
+from llmhop.tracing import AttemptSpan, Tracing
 
 if TYPE_CHECKING:
     from llmhop.site import GatewayRequest
@@ -175,6 +176,7 @@ class Upstream:
     strip_credentials: bool
     cooldown: float = 10.0
     metrics: Optional[Metrics] = None
+    tracing: Optional[Tracing] = None
 
     def forward(
         self,
@@ -242,6 +244,8 @@ class Attempts:
     # The longest health-check interval among the routes tried: Retry-After.
     _retry_after: float = 0.0
     _primary: Optional[Route] = None
+    # The OpenTelemetry span of the attempt under way, when tracing.
+    _span: Optional[AttemptSpan] = None
 
     def send(self) -> defer.Deferred:
         """Fires with the first answer (an L{IResponse}), or fails with the last attempt's failure.
@@ -275,6 +279,8 @@ class Attempts:
         self.route.health[index].in_flight += 1
         self.route.state.in_flight += 1
         replica = self.route.replicas[index]
+        if self.request.span is not None:
+            self._span = self.request.span.attempt(replica.url, replica.host, self.headers)
         self._pending = self.upstream.send(self.request, replica.base_url, replica.host, self.headers)
         self._pending.addCallbacks(self._answered, self._failed)
 
@@ -290,6 +296,7 @@ class Attempts:
         assert self.replica is not None
         health = self.route.health[self.replica]
         health.failed_until = 0.0
+        self._span_ends(response.code)
         if response.code in self.route.retry_on and self._can_go_on():
             # Refused (full, loading): nothing of this answer reached the
             # client, so another replica may have the request.
@@ -304,6 +311,7 @@ class Attempts:
 
     def _failed(self, reason: Failure) -> None:
         self._pending = None
+        self._span_ends(_failure_kind(reason))
         if self._state == self.DONE:
             return  # cancelled: the result has its CancelledError already
         if _not_sent(reason) and self.replica is not None:
@@ -326,6 +334,16 @@ class Attempts:
             "replica {url} of model {model} failed, trying another: {why}", url=url, model=self.route.name, why=why
         )
         self._next()
+
+    def _span_ends(self, answer: Union[int, str]) -> None:
+        """The attempt's span ends: with the backend's status, or why there was none."""
+        span, self._span = self._span, None
+        if span is None:
+            return
+        if isinstance(answer, int):
+            span.answered(answer)
+        else:
+            span.failed(answer)
 
     def _fall_back(self) -> None:
         """Move on to the next fallback route: its headers, and the body naming its model."""
@@ -359,6 +377,7 @@ class Attempts:
         self._result.errback(reason)
 
     def _cancel(self, result: defer.Deferred) -> None:
+        self._span_ends("cancelled")
         self._state = self.DONE
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -487,7 +506,8 @@ class Exchange:
 
     def _tail_for(self, response: IResponse) -> Optional[usage.Tail]:
         """Where the answer's last bytes are kept, when they may report token usage (SPEC §8)."""
-        if self.upstream.metrics is None or not 200 <= response.code < 300:
+        wanted = self.upstream.metrics is not None or self.request.span is not None
+        if not wanted or not 200 <= response.code < 300:
             return None
         kind = _media_type(response.headers)
         if kind == b"text/event-stream":
@@ -499,9 +519,13 @@ class Exchange:
     def _count_usage(self, tail: usage.Tail) -> None:
         metrics = self.upstream.metrics
         found = usage.read(tail, self._streamed)
-        if metrics is None or found is None:
+        if found is None:
             return
         request = self.request
+        if request.span is not None:
+            request.span.usage(found.prompt, found.completion)
+        if metrics is None:
+            return
         per_token = None
         if self._streamed and found.completion and request.first_byte is not None:
             per_token = (time.monotonic() - request.first_byte) / found.completion
@@ -532,9 +556,10 @@ class Exchange:
         request = self.request
         request.unregisterProducer()
         if reason.check(ResponseDone, http.PotentialDataLoss):
-            request.finish()
+            # Before the request ends: its span ends with it, and carries the usage.
             if relay is not None and relay.tail is not None:
                 self._count_usage(relay.tail)
+            request.finish()
             return
         # The backend died mid-response.  Finishing would tell the client the
         # answer was complete; only an aborted connection says it was not.

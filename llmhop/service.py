@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource as webresource, server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from llmhop import client, config as configlib, process
+from llmhop import client, config as configlib, process, tracing
 from llmhop.accesslog import AccessLog
 from llmhop.auth import Authenticator
 from llmhop.check import check
@@ -37,6 +37,7 @@ from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVI
 from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
 from llmhop.site import GatewaySite
+from llmhop.tracing import Tracing
 from llmhop.watch import ConfigWatcher
 from llmhop.workers import ISupervisorReactor, SignalHandlers, WorkerPool, adopt_listening, inherited_listening
 from llmhop.writethrough import write_through
@@ -64,6 +65,7 @@ def build_gateway(
     pool: HTTPConnectionPool,
     metrics: Optional[Metrics] = None,
     previous: Optional[RoutingTable] = None,
+    tracing: Optional[Tracing] = None,
 ) -> Gateway:
     """The gateway for C{config}; C{previous} hands over replica health and queues on reload."""
     routes = RoutingTable.from_config(config, previous)
@@ -83,6 +85,7 @@ def build_gateway(
             strip_credentials=auth.enabled,
             cooldown=config.timeouts.replicaCooldown,
             metrics=metrics,
+            tracing=tracing,
         ),
         max_body_bytes=config.max_body_bytes,
         # With a listen address of their own, metrics are not served here.
@@ -242,8 +245,10 @@ class GatewayService(service.MultiService):
         self.pool = build_pool(config, reactor)
         # Outlives reloads: counters go on counting.
         self.metrics = Metrics(self.shared_dir)
+        # OpenTelemetry spans, when the OTEL_* variables ask for them (llmhop[otel]).
+        self.tracing = tracing.from_environment()
         # The gateway serving new requests; a reload replaces it.
-        self.gateway = build_gateway(config, reactor, self.pool, self.metrics)
+        self.gateway = build_gateway(config, reactor, self.pool, self.metrics, tracing=self.tracing)
         self.site = GatewaySite(self.gateway, config.timeouts, reactor, access_log, self.metrics)
         self.site.access_log.json = config.access_log_format == "json"
         # Active health checks (SPEC §6): none run unless a model asks.
@@ -394,7 +399,7 @@ class GatewayService(service.MultiService):
         )
         if self.worker is None:
             _warn_about(self.config)
-        gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.gateway.routes)
+        gateway = build_gateway(self.config, self.reactor, self.pool, self.metrics, self.gateway.routes, self.tracing)
         self.site.replace(gateway, self.config)
         self.gateway = gateway
         if self.running:
@@ -438,6 +443,8 @@ class GatewayService(service.MultiService):
 
     def _stopped(self, result: object) -> object:
         self._remove_shared_dir()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still batched
         return result
 
     def _remove_shared_dir(self) -> None:

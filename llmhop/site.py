@@ -39,6 +39,7 @@ from llmhop.auth import ClientToken
 from llmhop.extract import Spans
 from llmhop.metrics import Metrics
 from llmhop.requestid import REQUEST_ID_HEADER, request_id_of
+from llmhop.tracing import RequestSpan
 from llmhop.writethrough import WriteThroughMixin
 
 # How long a rejected client may keep sending before it is cut off.
@@ -79,6 +80,8 @@ class GatewayRequest(server.Request):
     preflight = False
     # The URL of the replica that answered, once one did.
     replica: Optional[str] = None
+    # Its OpenTelemetry span, when tracing is configured (llmhop.tracing).
+    span: Optional["RequestSpan"] = None
     _request_id: Optional[bytes] = None
     # The client's token, once its head passed the screen (L{llmhop.auth.ANYONE} without auth).
     token: Optional[ClientToken] = None
@@ -203,6 +206,8 @@ class GatewayRequest(server.Request):
                 token,
             )
         )
+        if self.span is not None:
+            self.span.ended(status, self.outcome)
         metrics = self._site.metrics
         if metrics is not None:
             metrics.request_ended(

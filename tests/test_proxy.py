@@ -38,6 +38,10 @@ class Request(DummyRequest):
     """DummyRequest, with a push producer kept (DummyRequest would pull from it) and a transport to abort."""
 
     producer = None
+    # What a GatewayRequest carries that a DummyRequest lacks.
+    span = None
+    replica = None
+    request_id = b"test-request-1"
 
     def __init__(self, postpath):
         super().__init__(postpath)
