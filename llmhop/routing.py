@@ -157,6 +157,12 @@ class Route:
     policy: str = "least-in-flight"
     affinity_bytes: int = 0
     affinity_header: bytes = b""
+    # The replicas' base URLs, which rendezvous hashing scores: made once, not per pick.
+    base_urls: tuple[bytes, ...] = attrs.field(repr=False, eq=False)
+
+    @base_urls.default
+    def _base_urls(self) -> tuple[bytes, ...]:
+        return tuple(r.base_url for r in self.replicas)
 
     def forwarded_model(self, requested: str) -> Optional[str]:
         """The name to put in the forwarded body, or None to forward it as it is."""
@@ -197,8 +203,7 @@ class Route:
         if key_digest is not None:
             up = sum(1 for h in health if not h.down)
             cap = affinity.bound(self.state.in_flight, up)
-            urls = [r.base_url for r in self.replicas]
-            return affinity.choose(key_digest, urls, [h.in_flight for h in health], healthy, cap)
+            return affinity.choose(key_digest, self.base_urls, [h.in_flight for h in health], healthy, cap)
         return min(healthy, key=lambda i: health[i].in_flight)
 
 
