@@ -105,3 +105,13 @@ def build_pool(reactor: IReactorTime, max_persistent: int, keep_alive: float) ->
     pool.maxPersistentPerHost = max_persistent
     pool.cachedConnectionTimeout = keep_alive  # type: ignore[assignment]  # typed int; seconds work
     return pool
+
+
+def inner_failures(reason: Failure) -> list[Failure]:
+    """The failures a ResponseNeverReceived or RequestTransmissionFailed wraps, else C{reason} itself."""
+    return getattr(reason.value, "reasons", None) or [reason]
+
+
+def describe_failure(reason: Failure) -> str:
+    """A backend request's failure in one line, for logs and C{/status}: the wrapped failures' types and messages."""
+    return "; ".join("%s: %s" % (f.type.__name__, f.getErrorMessage()) for f in inner_failures(reason))

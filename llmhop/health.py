@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from llmhop.client import describe_failure
 from llmhop.config import HealthCheck
 from llmhop.routing import ReplicaHealth, Route, RoutingTable
 
@@ -173,8 +174,7 @@ def _describe(reason: Failure, timeout: float) -> str:
         return "no answer within %gs" % (timeout,)
     if reason.check(ProbeFailed):
         return str(reason.value)
-    inner = getattr(reason.value, "reasons", None) or [reason]
-    return "; ".join("%s: %s" % (f.type.__name__, f.getErrorMessage()) for f in inner)
+    return describe_failure(reason)
 
 
 def targets(routes: RoutingTable) -> dict[str, tuple[Target, ReplicaHealth]]:

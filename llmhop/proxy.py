@@ -31,6 +31,7 @@ from zope.interface import implementer
 from llmhop import errors, usage
 from llmhop.accesslog import Outcome
 from llmhop.auth import CREDENTIAL_HEADERS
+from llmhop.client import describe_failure, inner_failures
 from llmhop.extract import renamed
 from llmhop.metrics import Metrics
 from llmhop.requestid import REQUEST_ID_HEADER
@@ -319,9 +320,9 @@ class Attempts:
             # request reached it, so the next one may have it.
             health = self.route.health[self.replica]
             health.failed_until = self.upstream.reactor.seconds() + self.upstream.cooldown
-            health.last_error = _describe(reason)
+            health.last_error = describe_failure(reason)
             if self._can_go_on():
-                self._move_on(_failure_kind(reason), _describe(reason))
+                self._move_on(_failure_kind(reason), describe_failure(reason))
                 return
         self._end(reason)
 
@@ -472,7 +473,7 @@ class Exchange:
         self.upstream.failed(self.route, kind)
         self.request.outcome = Outcome.upstream_failed(kind)
         errors.respond(self.request, _failure_error(kind, self.model))
-        _log.info("backend for model {model} failed: {why}", model=self.model, why=_describe(reason))
+        _log.info("backend for model {model} failed: {why}", model=self.model, why=describe_failure(reason))
 
     def _answered(self, response: IResponse) -> None:
         self._sending = None
@@ -565,7 +566,7 @@ class Exchange:
         # answer was complete; only an aborted connection says it was not.
         self.upstream.failed(self.route, "died")
         request.outcome = Outcome.UPSTREAM_DIED
-        _log.info("backend for model {model} died mid-response: {why}", model=self.model, why=_describe(reason))
+        _log.info("backend for model {model} died mid-response: {why}", model=self.model, why=describe_failure(reason))
         request.channel.transport.abortConnection()
 
 
@@ -661,7 +662,7 @@ def _media_type(headers: Headers) -> bytes:
 
 def _failure_kind(reason: Failure) -> str:
     """Why the backend gave no response head: timeout, tls, refused or bad-response."""
-    inner = _inner(reason)
+    inner = inner_failures(reason)
     if reason.check(defer.TimeoutError) or any(f.check(neterror.TimeoutError) for f in inner):
         return "timeout"
     if any(f.check(SSL.Error) for f in inner):
@@ -682,7 +683,7 @@ def _not_sent(reason: Failure) -> bool:
     """
     if reason.check(neterror.ConnectError, neterror.DNSLookupError):
         return True
-    inner = _inner(reason)
+    inner = inner_failures(reason)
     return inner is not None and all(f.check(SSL.Error) for f in inner)
 
 
@@ -692,12 +693,3 @@ def _failure_error(kind: str, model: str) -> errors.ApiError:
     if kind == "bad-response":
         return errors.upstream_bad_response(model)
     return errors.upstream_unreachable(model)
-
-
-def _inner(reason: Failure) -> list[Failure]:
-    """The failures a ResponseNeverReceived/RequestTransmissionFailed wraps."""
-    return getattr(reason.value, "reasons", None) or [reason]
-
-
-def _describe(reason: Failure) -> str:
-    return "; ".join("%s: %s" % (f.type.__name__, f.getErrorMessage()) for f in _inner(reason))
