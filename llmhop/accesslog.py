@@ -6,6 +6,7 @@ instead, in the same format as its other lines: twisted.logger's formatting
 and dispatch cost a small request about 15% of its CPU (bench/RESULTS.md).
 """
 
+import functools
 import json
 import re
 import time
@@ -131,16 +132,16 @@ class AccessLog:
 
 def _text(entry: Entry) -> str:
     line = "%s %s model=%s status=%s bytes=%d duration=%.3fs ttfb=%s client=%s replica=%s id=%s" % (
-        printable(entry.method),
-        printable(entry.path),
-        "-" if entry.model is None else printable(entry.model.encode("utf-8", "replace")),
+        _recurring(entry.method),
+        _recurring(entry.path),
+        "-" if entry.model is None else _model_text(entry.model),
         "-" if entry.status is None else entry.status,
         entry.sent,
         entry.duration,
         "-" if entry.first_byte is None else "%.3fs" % (entry.first_byte,),
         entry.client or "-",
         entry.replica or "-",
-        printable(entry.request_id),
+        _request_id_text(entry.request_id),
     )
     if entry.outcome:
         line += " aborted=" + entry.outcome
@@ -171,6 +172,7 @@ def _fields(entry: Entry) -> dict[str, object]:
 
 
 _UNPRINTABLE = re.compile(rb"[^\x21-\x7e]|\\")
+_SAFE = re.compile(rb"[\x21-\x5b\x5d-\x7e]{0,512}")
 
 
 def printable(value: Optional[bytes]) -> str:
@@ -178,6 +180,21 @@ def printable(value: Optional[bytes]) -> str:
     if value is None:
         return "-"
     return _UNPRINTABLE.sub(_escaped, value[:512]).decode("ascii")
+
+
+# Methods, paths and models recur from request to request: escaped once.
+# Bounded, so that clients sending new paths cannot grow it.
+_recurring = functools.lru_cache(maxsize=1024)(printable)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_text(model: str) -> str:
+    return printable(model.encode("utf-8", "replace"))
+
+
+def _request_id_text(request_id: bytes) -> str:
+    # New each time; llmhop's own, and most clients', need no escaping.
+    return request_id.decode("ascii") if _SAFE.fullmatch(request_id) else printable(request_id)
 
 
 def _escaped(match: "re.Match[bytes]") -> bytes:

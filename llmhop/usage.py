@@ -62,6 +62,8 @@ class Tail:
 def read(tail: Tail, streamed: bool) -> Optional[Usage]:
     """The usage the answer whose tail is C{tail} reports, or None."""
     data = tail.value()
+    if b'"usage"' not in data:
+        return None  # most answers without usage are told apart without parsing
     if streamed:
         return _from_events(data)
     if tail.total == len(data):
