@@ -170,7 +170,7 @@ class Gateway(ScreeningResource):
         """
         tracing = self.upstream.tracing
         if tracing is not None:
-            request.span = tracing.request(request)
+            request.span = tracing.request(request.method, request.path, request.requestHeaders)
         forwarding: defer.Deferred = defer.Deferred()
         for step in (*first, self._routed, self._admitted, self._send):
             forwarding.addCallback(step, request)

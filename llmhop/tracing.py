@@ -17,14 +17,11 @@ A client's C{traceparent} makes the request span its child.
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import attrs
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
-
-if TYPE_CHECKING:
-    from llmhop.site import GatewayRequest
 
 _log = Logger()
 
@@ -68,12 +65,12 @@ class Tracing:
 
     provider: Any
 
-    def request(self, request: "GatewayRequest") -> "RequestSpan":
+    def request(self, method: bytes, path: bytes, headers: Headers) -> "RequestSpan":
         """Start the span of a forwarded request, the child of the client's C{traceparent} if it sent one."""
         from opentelemetry import propagate, trace
 
-        carrier = _carrier(request.requestHeaders)
-        operation = _operation(request.path or b"")
+        carrier = _carrier(headers)
+        operation = _operation(path)
         span = self.provider.get_tracer("llmhop").start_span(
             operation,
             context=propagate.extract(carrier) if carrier else None,
@@ -81,8 +78,8 @@ class Tracing:
             attributes={
                 "gen_ai.operation.name": operation,
                 "gen_ai.provider.name": "openai",
-                "http.request.method": (request.method or b"").decode("ascii", "replace"),
-                "url.path": (request.path or b"").decode("ascii", "replace"),
+                "http.request.method": method.decode("ascii", "replace"),
+                "url.path": path.decode("ascii", "replace"),
             },
         )
         return RequestSpan(self, span, operation)
