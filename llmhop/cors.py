@@ -18,10 +18,15 @@ from typing import Optional
 import attrs
 from twisted.web.http_headers import Headers
 
+from llmhop.auth import CREDENTIAL_HEADERS
+
 ANY = "*"
 METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # Chromium caps the cache at 2 hours; Firefox at 24.
 MAX_AGE = b"7200"
+# Allowed when a preflight's own list is absent or malformed: what clients of
+# an OpenAI-compatible gateway send beyond the CORS-safelisted headers.
+DEFAULT_ALLOW_HEADERS = b", ".join((*CREDENTIAL_HEADERS, b"content-type", b"x-request-id"))
 # What a preflight may ask to send: a comma-separated list of field names (RFC 9110 §5.1).
 _FIELD_NAMES = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 
@@ -65,8 +70,14 @@ def preflight_headers(origin: bytes, headers: Headers) -> list[tuple[bytes, byte
         (b"Access-Control-Max-Age", MAX_AGE),
         (b"Vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
     ]
+    answer.append((b"Access-Control-Allow-Headers", _allow_headers(headers)))
+    return answer
+
+
+def _allow_headers(headers: Headers) -> bytes:
+    """Echo the preflight's well-formed list (the origin is trusted; which
+    headers its requests carry is its business), else the default list."""
     asked = headers.getRawHeaders(b"access-control-request-headers")
     if asked is not None and len(asked) == 1 and _FIELD_NAMES.fullmatch(asked[0].strip()):
-        # The origin is trusted; which headers its requests carry is its business.
-        answer.append((b"Access-Control-Allow-Headers", asked[0].strip()))
-    return answer
+        return asked[0].strip()
+    return DEFAULT_ALLOW_HEADERS

@@ -325,6 +325,21 @@ def test_a_preflight_from_an_allowed_origin_is_answered_without_auth(cors, backe
     assert backend.served == 0
 
 
+@pytest.mark.parametrize("asked", [None, "x-a;x-b", "a b", ""], ids=["none", "not-a-token", "not-a-list", "empty"])
+@inlineCallbacks
+def test_a_preflight_always_names_the_headers_requests_may_carry(cors, asked):
+    """SPEC §7: the 204 carries -Allow-Headers even when the browser's list is absent or malformed."""
+    headers = preflight_headers(CHAT_UI)
+    del headers["Access-Control-Request-Headers"]
+    if asked is not None:
+        headers["Access-Control-Request-Headers"] = asked
+    response, _ = yield request_by_path(cors, "OPTIONS", "/v1/chat/completions", token=None, headers=headers)
+    assert response.code == 204
+    [allowed] = response.headers.getRawHeaders("access-control-allow-headers")
+    names = [name.strip() for name in allowed.split(",")]
+    assert {"authorization", "x-api-key", "x-goog-api-key", "api-key", "content-type", "x-request-id"} <= set(names)
+
+
 @pytest.mark.parametrize(
     "origin", ["https://evil.example", "https://chat.example.evil", "http://chat.example", "https://chat.example/"]
 )
