@@ -128,6 +128,25 @@ def body_too_large(limit: int) -> ApiError:
     )
 
 
+def head_too_large() -> ApiError:
+    """A request head over Twisted's limits (C{totalHeadersSize}, C{maxHeaders}, C{MAX_LENGTH} a line)."""
+    return ApiError(
+        431,
+        "The request's header fields are too large (16384 bytes and 500 fields at most).",
+        "invalid_request_error",
+        "request_header_fields_too_large",
+    )
+
+
+def uri_too_long() -> ApiError:
+    return ApiError(
+        414,
+        "The request line is longer than the 16384 bytes this gateway reads.",
+        "invalid_request_error",
+        "uri_too_long",
+    )
+
+
 def request_timeout() -> ApiError:
     return ApiError(
         408,
@@ -217,10 +236,14 @@ def upstream_timeout(model: str) -> ApiError:
     )
 
 
+# Reason phrases Twisted's table lacks (it would send "Unknown Status").
+_REASONS = {429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
+
+
 def respond(request: http.Request, error: ApiError) -> None:
     """Answer C{request} with C{error} and finish it."""
     body = error.body()
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, _REASONS.get(error.status))
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
     for name, value in error.headers:

@@ -88,14 +88,19 @@ class RequestLine(NamedTuple):
         return self.version if self.version in VERSIONS else b"HTTP/1.1"
 
 
+UNREADABLE = RequestLine(b"-", b"-", b"HTTP/1.1")
+"""What is logged of a request line that does not split into three words."""
+
+
 def split_request_line(line: bytes) -> RequestLine:
     """C{line}'s parts split as Twisted splits them (on any white space), to log and answer with.
 
-    Twisted has already refused a line that does not split into three; whether
-    the line is acceptable is L{check_request_line}'s to say.
+    Whether the line is acceptable is L{check_request_line}'s to say.
     """
-    method, target, version = line.split()
-    return RequestLine(method, target, version)
+    parts = line.split()
+    if len(parts) != 3:
+        return UNREADABLE
+    return RequestLine(*parts)
 
 
 def check_request_line(line: bytes) -> None:

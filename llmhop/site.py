@@ -257,6 +257,11 @@ class GatewayChannel(http.HTTPChannel):
     _deadline = None
     _body_started = 0.0
     _lingering = None
+    # The head under way as the stock parser counts it, and whether the one
+    # empty line it skips before a request line has come.
+    _head_bytes = 0
+    _head_fields = 0
+    _blank_lines = 0
     # The framing fields of the head under way (HEAD), then the reader of its
     # body (BODY): llmhop frames bodies itself, never Twisted (see llmhop.framing).
     _fields: Optional[framing.FramingFields] = None
@@ -298,33 +303,81 @@ class GatewayChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._state == self.REJECTED:
             return
-        if self._state == self.HEAD and line:
-            # A field line of the head under way; the empty line ends it.
-            try:
-                framing.check_field_line(line)
-            except framing.FramingError as e:
-                self.reject(self.requests[-1], e.error)
+        if self._state in (self.IDLE, self.HANDLED):
+            # After a last request (not persistent) the stock parser drops what follows.
+            if self.persistent and not self._request_line_passes(line):
                 return
+        elif self._state == self.HEAD and not self._field_line_passes(line):
+            return
         pending = len(self.requests)
         super().lineReceived(line)
-        # The stock parser starts a request on its request line (and has
-        # already answered 400 to one that is not three words).
+        # The stock parser starts a request on its request line.
         # (FileDescriptor and TLSMemoryBIOProtocol have disconnecting; ITransport does not say so.)
         closing = self.transport.disconnecting  # type: ignore[attr-defined]
         if len(self.requests) > pending and self._state != self.REJECTED and not closing:
             self._request_line_received(line)
 
-    def _request_line_received(self, line: bytes) -> None:
-        first = self._state == self.IDLE
-        self.request_line = framing.split_request_line(line)
-        self._state, self._fields = self.HEAD, framing.FramingFields()
+    def _request_line_passes(self, line: bytes) -> bool:
+        """Refuse a bad request line before the stock parser, which would
+        answer a bare C{400 Bad Request}; start counting the head."""
+        if not line and not self._blank_lines:
+            # The stock parser skips one empty line before a request line
+            # (RFC 9112 §2.2), and takes a second one for a request line.
+            self._blank_lines = 1
+            return True
+        self._blank_lines = 0
         try:
             # Stricter than Twisted's parser, which splits on any white space
             # (22.4 takes "GET\t/x\rHTTP/1.1") and would answer "TTP/1.1".
             framing.check_request_line(line)
         except framing.FramingError as e:
+            self._refuse_request_line(line, e.error)
+            return False
+        self._head_bytes, self._head_fields = len(line), 0
+        return True
+
+    def _field_line_passes(self, line: bytes) -> bool:
+        """Refuse a bad field line, or one past the head's limits.
+
+        The limits are the stock parser's own (C{totalHeadersSize} counted as
+        it counts, C{maxHeaders} over every field line, which it counts among
+        fewer); checked first, they are answered in JSON, not with its bare 400.
+        """
+        self._head_bytes += len(line)
+        if not line:
+            return True  # the end of the head
+        self._head_fields += 1
+        if self._head_bytes > self.totalHeadersSize or self._head_fields > self.maxHeaders:
+            self.reject(self.requests[-1], errors.head_too_large())
+            return False
+        try:
+            framing.check_field_line(line)
+        except framing.FramingError as e:
             self.reject(self.requests[-1], e.error)
-            return
+            return False
+        return True
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line over C{MAX_LENGTH}, on which LineReceiver would close without a word."""
+        if self._state == self.HEAD:
+            self.reject(self.requests[-1], errors.head_too_large())
+        elif self._state in (self.IDLE, self.HANDLED) and self.persistent:
+            self._refuse_request_line(line, errors.uri_too_long())
+        else:
+            super().lineLengthExceeded(line)
+
+    def _refuse_request_line(self, line: bytes, error: errors.ApiError) -> None:
+        """Answer a request whose line the stock parser never saw, so never started."""
+        request = self.requestFactory(self, len(self.requests))
+        assert isinstance(request, GatewayRequest), "a GatewaySite makes GatewayRequests"
+        self.requests.append(request)
+        self.request_line = framing.split_request_line(line)
+        self.reject(request, error)
+
+    def _request_line_received(self, line: bytes) -> None:
+        first = self._state == self.IDLE
+        self.request_line = framing.split_request_line(line)
+        self._state, self._fields = self.HEAD, framing.FramingFields()
         if not first:
             # A further request on a kept-alive connection gets its own
             # deadline; the first one's started when the connection did.

@@ -151,9 +151,11 @@ GARBAGE = {
 
 @pytest.mark.parametrize("name", sorted(GARBAGE))
 @inlineCallbacks
-def test_garbage_gets_400_or_a_closed_connection(strict, name):
+def test_garbage_gets_a_json_error_or_a_closed_connection(strict, name):
     response = yield threads.deferToThread(rawhttp.exchange_until_closed, strict.port, GARBAGE[name], 10)
-    assert response in (b"", b"<RESET>") or rawhttp.status(response) in (400, 408), response[:100]
+    if response not in (b"", b"<RESET>"):
+        assert rawhttp.status(response) in (400, 408, 414, 431), response[:100]
+        assert json.loads(rawhttp.split(response)[1])["error"]["code"]
     yield still_serves(strict)
 
 

@@ -81,6 +81,15 @@ def test_every_answer_carries_the_request_id(logged):
 
 
 @inlineCallbacks
+def test_a_request_line_refused_before_twisteds_parser_is_answered_and_logged_with_an_id(logged):
+    raw = yield threads.deferToThread(rawhttp.exchange_until_closed, logged.port, b"GET /v1/models\r\n\r\n")
+    assert rawhttp.status(raw) == 400
+    (returned,) = re.findall(rb"\r\nX-Request-Id: ([^\r]+)", rawhttp.split(raw)[0])
+    (line,) = logged.lines.getvalue().splitlines()
+    assert re.search(r"\] - - model=- status=400 .* id=%s$" % (re.escape(returned.decode()),), line), line
+
+
+@inlineCallbacks
 def test_a_client_x_request_id_twin_never_reaches_the_backend(logged):
     response, content = yield post(logged, chat(), headers={**AUTH, "X_Request_Id": "sneaky"})
     assert forwarded(content) == [response.headers.getRawHeaders("x-request-id")[0]]

@@ -160,12 +160,57 @@ def test_a_request_framed_two_ways_is_refused_and_the_connection_closed(gateway,
     raw, status = REFUSED[name]
     answer = yield threads.deferToThread(exchange, gateway.port, raw + SMUGGLED)
     assert statuses(answer) == [status], answer[:300]
-    if answer != b"HTTP/1.1 400 Bad Request\r\n\r\n":  # Twisted's own, for request lines it refuses itself
-        assert b"Connection: close" in rawhttp.split(answer)[0]
-        assert error_code(answer)
+    assert b"Connection: close" in rawhttp.split(answer)[0]
+    assert error_code(answer)
     assert recorder.received() == b""
     yield still_serves(gateway, recorder)
     assert b"smuggled" not in recorder.received()
+
+
+GOOD = ask(b"Content-Length: 14") + BODY
+FIELD = b"X-Filler: " + b"f" * 90
+# Heads Twisted's own parser would refuse with a bare "400 Bad Request" (or,
+# for an overlong line, by closing without a word): llmhop refuses each first,
+# as every other bad request, in JSON with a request ID (SPEC §8).
+HEAD_REFUSED = {
+    "one-word": (b"GARBAGE\r\n\r\n", 400, "invalid_request"),
+    "two-words": (b"GET /v1/models\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    "four-words": (b"GET /v1/models HTTP/1.1 x\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    "http-2-version": (GOOD.replace(b"HTTP/1.1", b"HTTP/2.0", 1), 400, "invalid_request"),
+    "lower-case-version": (GOOD.replace(b"HTTP/1.1", b"http/1.1", 1), 400, "invalid_request"),
+    "two-blank-lines-first": (b"\r\n\r\n" + GOOD, 400, "invalid_request"),
+    "bad-line-after-a-good-request": (GOOD + b"GET /v1/models\r\n\r\n", 400, "invalid_request"),
+    "over-500-fields": (ask(*[b"X-F: 1"] * 501, b"Content-Length: 14") + BODY, 431, "request_header_fields_too_large"),
+    "head-over-16-KiB": (ask(*[FIELD] * 170, b"Content-Length: 14") + BODY, 431, "request_header_fields_too_large"),
+    "field-line-over-16-KiB": (ask(b"X-Long: " + b"a" * 17000) + BODY, 431, "request_header_fields_too_large"),
+    "request-line-over-16-KiB": (ask(target=b"/v1/" + b"a" * 17000) + BODY, 414, "uri_too_long"),
+    "endless-line": (b"GET /v1/" + b"a" * 40000, 414, "uri_too_long"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_REFUSED))
+@inlineCallbacks
+def test_a_head_twisted_would_refuse_bare_gets_a_json_error_with_a_request_id(gateway, recorder, name):
+    raw, status, code = HEAD_REFUSED[name]
+    answer = yield threads.deferToThread(exchange, gateway.port, raw + SMUGGLED)
+    assert statuses(answer)[-1:] == [status], answer[:300]
+    last = answer[answer.rfind(b"HTTP/1.1 ") :]
+    head = rawhttp.split(last)[0] + b"\r\n"
+    assert b"\r\nConnection: close\r\n" in head
+    assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{16}-[0-9a-f]+\r\n", head), last
+    assert error_code(last) == code
+    assert b"smuggled" not in recorder.received()
+    yield still_serves(gateway, recorder)
+
+
+def test_the_limits_llmhop_checks_first_are_twisteds_own():
+    """The head limits are Twisted's public ones, so its bare refusals never come first."""
+    from twisted.web.http import HTTPChannel
+
+    from llmhop.site import GatewayChannel
+
+    assert (GatewayChannel.totalHeadersSize, GatewayChannel.maxHeaders) == (HTTPChannel.totalHeadersSize, 500)
+    assert GatewayChannel.MAX_LENGTH == HTTPChannel.MAX_LENGTH == 16384
 
 
 # A valid chunked body, extensions and trailers included, and pipelining: the
