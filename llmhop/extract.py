@@ -90,7 +90,7 @@ def model_steps(body: Body, content_type: Optional[bytes], spans: Optional[Spans
     other connections are served while a 100 MiB body is scanned.  A large
     JSON body's walk fills C{spans} with where the L{KEYED} values lie.
     """
-    if content_type is not None and _media_type(content_type) == MULTIPART:
+    if content_type is not None and media_type(content_type) == MULTIPART:
         return _from_multipart(body, content_type)
     if len(body) <= SMALL_BODY:
         return _from_small_json(body)
@@ -104,7 +104,7 @@ def keyed_spans(body: Body, content_type: Optional[bytes]) -> Spans:
     walked; a larger one's spans come from its model scan.
     """
     spans: Spans = {}
-    if content_type is not None and _media_type(content_type) == MULTIPART:
+    if content_type is not None and media_type(content_type) == MULTIPART:
         return spans
     # A body without a model was refused before; the spans found so far stand.
     with contextlib.suppress(ModelError, IndexError):
@@ -119,7 +119,7 @@ def rename_steps(body: Body, content_type: Optional[bytes], name: str) -> Genera
     never decoded and re-encoded), at the place C{model_steps} read the name
     from.  A generator, like C{model_steps}, for large bodies.
     """
-    if content_type is not None and _media_type(content_type) == MULTIPART:
+    if content_type is not None and media_type(content_type) == MULTIPART:
         start, end = _multipart_span(body, content_type)
         value = name.encode("utf-8")
     else:
@@ -136,7 +136,8 @@ def rename(body: Body, content_type: Optional[bytes], name: str) -> bytes:
     return _run(rename_steps(body, content_type, name))
 
 
-def _media_type(content_type: bytes) -> bytes:
+def media_type(content_type: bytes) -> bytes:
+    """A Content-Type value without its parameters, in lower case."""
     return content_type.split(b";", 1)[0].strip().lower()
 
 

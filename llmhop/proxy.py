@@ -32,7 +32,7 @@ from llmhop import errors, usage
 from llmhop.accesslog import Outcome
 from llmhop.auth import CREDENTIAL_HEADERS
 from llmhop.client import describe_failure, inner_failures
-from llmhop.extract import renamed
+from llmhop.extract import media_type, renamed
 from llmhop.metrics import Metrics
 from llmhop.requestid import REQUEST_ID_HEADER
 from llmhop.routing import Route
@@ -510,7 +510,8 @@ class Exchange:
         wanted = self.upstream.metrics is not None or self.request.span is not None
         if not wanted or not 200 <= response.code < 300:
             return None
-        kind = _media_type(response.headers)
+        values = response.headers.getRawHeaders(b"content-type")
+        kind = media_type(values[0]) if values else b""
         if kind == b"text/event-stream":
             self._streamed = True
         elif kind != b"application/json":
@@ -652,12 +653,6 @@ class _Relay(Protocol):
             return
         self.stopProducing()
         self.exchange.stalled()
-
-
-def _media_type(headers: Headers) -> bytes:
-    """The Content-Type without its parameters, in lower case."""
-    values = headers.getRawHeaders(b"content-type")
-    return values[0].partition(b";")[0].strip().lower() if values else b""
 
 
 def _failure_kind(reason: Failure) -> str:
