@@ -103,8 +103,7 @@ def upstream_headers(request: "GatewayRequest", route: Route, strip_credentials:
         if (strip_credentials and key in CREDENTIAL_HEADERS) or (key == _TWIN_ONLY and key != lower):
             continue
         out.setRawHeaders(name, values)
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
+    host = request.client_host
     if host is not None:
         chain = incoming.getRawHeaders(b"x-forwarded-for")
         ip = host.encode("ascii")
@@ -531,8 +530,9 @@ class Exchange:
         per_token = None
         if self._streamed and found.completion and request.first_byte is not None:
             per_token = (time.monotonic() - request.first_byte) / found.completion
-        token = "" if request.token is None else request.token.name
-        metrics.tokens_used(request.route or self.route.name, token, found.prompt, found.completion, per_token)
+        metrics.tokens_used(
+            request.route or self.route.name, request.token_name, found.prompt, found.completion, per_token
+        )
 
     def stalled(self) -> None:
         """The backend went silent mid-response: give up on both sides."""

@@ -106,6 +106,16 @@ class GatewayRequest(server.Request):
         return self._site.draining
 
     @property
+    def client_host(self) -> Optional[str]:
+        """The client's IP address; None on a unix socket, whose peer has none worth naming."""
+        return getattr(self.getClientAddress(), "host", None)
+
+    @property
+    def token_name(self) -> str:
+        """The client token's name, for logs and metrics; empty before the screen or without auth."""
+        return "" if self.token is None else self.token.name
+
+    @property
     def gone(self) -> bool:
         """Whether the client has left (see L{internals.client_gone})."""
         return internals.client_gone(self)
@@ -188,7 +198,7 @@ class GatewayRequest(server.Request):
         status = self.code if self.startedWriting else None
         duration = time.monotonic() - self.started
         first_byte = None if self.first_byte is None else self.first_byte - self.started
-        token = "" if self.token is None else self.token.name
+        token = self.token_name
         self._site.access_log.request(
             Entry(
                 self.method,
@@ -199,7 +209,7 @@ class GatewayRequest(server.Request):
                 duration,
                 first_byte,
                 self.outcome,
-                self._client_host(),
+                self.client_host,
                 self.replica,
                 self.request_id,
                 self.fallback,
@@ -219,10 +229,6 @@ class GatewayRequest(server.Request):
                 self.sentLength,
                 token,
             )
-
-    def _client_host(self) -> Optional[str]:
-        # An IPv4 or IPv6 peer has a host; a unix socket's peer has none worth logging.
-        return getattr(self.client, "host", None)
 
 
 class GatewayChannel(http.HTTPChannel):
