@@ -166,6 +166,10 @@ class Metrics:
         # Label children, looked up once: .labels() costs a lock and a dict.
         self._per_model: dict[str, _RouteMetrics] = {}
         self._per_status: dict[tuple[str, str, str], Counter] = {}
+        # (model, token) → its prompt and completion token counters.
+        self._per_token: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        # Made on a route's first streamed usage only: no empty histogram for the others.
+        self._per_output_token: dict[str, Histogram] = {}
 
     def _route(self, model: str) -> "_RouteMetrics":
         children = self._per_model.get(model)
@@ -204,10 +208,19 @@ class Metrics:
 
     def tokens_used(self, model: str, token: str, prompt: int, completion: int, per_token: Optional[float]) -> None:
         """An answer's usage (SPEC §8); C{per_token}: a stream's seconds per completion token."""
-        self.prompt_tokens.labels(model, token).inc(prompt)
-        self.completion_tokens.labels(model, token).inc(completion)
+        counters = self._per_token.get((model, token))
+        if counters is None:
+            counters = self._per_token[model, token] = (
+                self.prompt_tokens.labels(model, token),
+                self.completion_tokens.labels(model, token),
+            )
+        counters[0].inc(prompt)
+        counters[1].inc(completion)
         if per_token is not None:
-            self.time_per_output_token.labels(model).observe(per_token)
+            histogram = self._per_output_token.get(model)
+            if histogram is None:
+                histogram = self._per_output_token[model] = self.time_per_output_token.labels(model)
+            histogram.observe(per_token)
 
     def upstream_failed(self, model: str, kind: str) -> None:
         self.upstream_failures.labels(model, kind).inc()
