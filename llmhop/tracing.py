@@ -64,6 +64,11 @@ class Tracing:
     """The tracer provider of this process, and the spans it makes."""
 
     provider: Any
+    # The one tracer every span comes from (got once: get_tracer builds one a call).
+    tracer: Any = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.tracer = self.provider.get_tracer("llmhop")
 
     def request(self, method: bytes, path: bytes, headers: Headers) -> "RequestSpan":
         """Start the span of a forwarded request, the child of the client's C{traceparent} if it sent one."""
@@ -71,7 +76,7 @@ class Tracing:
 
         carrier = _carrier(headers)
         operation = _operation(path)
-        span = self.provider.get_tracer("llmhop").start_span(
+        span = self.tracer.start_span(
             operation,
             context=propagate.extract(carrier) if carrier else None,
             kind=trace.SpanKind.SERVER,
@@ -109,7 +114,7 @@ class RequestSpan:
         from opentelemetry import propagate, trace
 
         name, _, port = host.decode("ascii", "replace").rpartition(":")
-        span = self.tracing.provider.get_tracer("llmhop").start_span(
+        span = self.tracing.tracer.start_span(
             self.span.name,
             context=trace.set_span_in_context(self.span),
             kind=trace.SpanKind.CLIENT,
