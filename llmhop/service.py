@@ -249,8 +249,7 @@ class GatewayService(service.MultiService):
         self.tracing = tracing.from_environment()
         # The gateway serving new requests; a reload replaces it.
         self.gateway = build_gateway(config, reactor, self.pool, self.metrics, tracing=self.tracing)
-        self.site = GatewaySite(self.gateway, config.timeouts, reactor, access_log, self.metrics)
-        self.site.access_log.json = config.access_log_format == "json"
+        self.site = GatewaySite(self.gateway, config, reactor, access_log, self.metrics)
         # Active health checks (SPEC §6): none run unless a model asks.
         self.health = HealthChecks(reactor)
         # Why the start failed: one line, naming the address and the fix.

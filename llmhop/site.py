@@ -542,18 +542,18 @@ class GatewaySite(server.Site):
     def __init__(
         self,
         gateway: "ScreeningResource",
-        timeouts: configlib.Timeouts,
+        config: configlib.Config,
         reactor: IReactorTime,
         access_log: Optional[AccessLog] = None,
         metrics: Optional[Metrics] = None,
     ) -> None:
-        super().__init__(gateway, timeout=timeouts.idle, reactor=reactor)
+        super().__init__(gateway, timeout=config.timeouts.idle, reactor=reactor)
         self.reactor: IReactorTime = reactor
         self.access_log = access_log or AccessLog()
         # Outlives reloads: counters go on counting.
         self.metrics = metrics
         self.gateway = gateway
-        self.timeouts = timeouts
+        self._configure(config)
         self.in_flight: set[GatewayRequest] = set()
         self._drained: Optional[defer.Deferred] = None
         self.draining = False
@@ -583,6 +583,10 @@ class GatewaySite(server.Site):
     def replace(self, gateway: "ScreeningResource", config: configlib.Config) -> None:
         """Serve new requests with C{gateway}; those under way keep the one they started with."""
         self.gateway = self.resource = gateway
+        self._configure(config)
+
+    def _configure(self, config: configlib.Config) -> None:
+        """What the site takes from the config, at start and on each reload."""
         self.timeouts = config.timeouts
         self.access_log.json = config.access_log_format == "json"
         self.timeOut = config.timeouts.idle

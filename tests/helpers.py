@@ -75,4 +75,4 @@ def build_site(config, clock, pool):
     """The site GatewayService serves, for in-process tests: gateway and metrics made as the service makes them."""
     metrics = Metrics()
     gateway = build_gateway(config, clock, pool, metrics)
-    return GatewaySite(gateway, config.timeouts, clock, None, metrics)
+    return GatewaySite(gateway, config, clock, None, metrics)
