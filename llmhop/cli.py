@@ -3,15 +3,22 @@
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, TextIO, cast
+from typing import TYPE_CHECKING, Callable, Optional, TextIO, Union, cast
 
 from llmhop import __version__
 from llmhop.check import check
-from llmhop.config import load_or_exit, schema_text, with_workers
+from llmhop.config import load_or_exit, schema_text, with_workers, workers_flag
 from llmhop.errors import tell
 
 if TYPE_CHECKING:
     from twisted.logger import LogEvent
+
+
+def _workers(text: str) -> Union[int, str]:
+    try:
+        return workers_flag(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
-        metavar="N",
-        help="run N router processes sharing the listening socket (overrides the config's workers)",
+        type=_workers,
+        metavar="N|auto",
+        help="run N router processes sharing the listening socket, or one per available CPU "
+        "(overrides the config's workers)",
     )
     # Used by the first process to start the others (see llmhop.workers).
     parser.add_argument("--worker", metavar="INDEX:PARENT_PID", help=argparse.SUPPRESS)
@@ -69,8 +77,6 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         parser.error("--healthcheck and --check exclude each other")
     if args.no_secrets and not args.check:
         parser.error("--no-secrets only goes with --check")
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be at least 1")
     if args.worker is not None:
         index, _, parent = args.worker.partition(":")
         if not (index.isdigit() and parent.isdigit()):
@@ -150,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             worker=worker,
             handle_signals=True,
             access_log=access_log,
-            workers_flag=args.workers,
+            workers_flag=None if args.workers is None else config.workers,
             watch_config=args.watch_config,
         )
     except StartupError as e:

@@ -11,7 +11,7 @@ import os
 import pkgutil
 import re
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import attrs
@@ -19,6 +19,7 @@ import attrs
 from llmhop import secrets
 from llmhop.auth import ClientToken
 from llmhop.errors import ConfigError, tell
+from llmhop.process import available_cpus
 
 # Expands the secret references in a value found at a place of the file.
 Secret = Callable[[str, str], str]
@@ -242,7 +243,7 @@ def _url_places(name: str, model: ModelConfig) -> list[tuple[str, str]]:
     return [("%s[%d]" % (place, index), url) for index, url in enumerate(model.urls)]
 
 
-def with_workers(config: Config, workers: Optional[int]) -> Config:
+def with_workers(config: Config, workers: Union[int, str, None]) -> Config:
     """C{config} with the command line's C{--workers}, if given; exits on a listen form that can't share."""
     if workers is None:
         return config
@@ -327,11 +328,27 @@ SHAREABLE_LISTEN = ("tcp", "tcp6", "unix", "ssl", "systemd")
 # listen: every socket systemd passes (socket activation), whatever their number and kind.
 SYSTEMD = "systemd"
 MAX_WORKERS = 256
+# workers: one process per CPU this one may use (llmhop.process.available_cpus).
+AUTO = "auto"
+
+
+def workers_flag(text: str) -> Union[int, str]:
+    """The command line's C{--workers}: N (at least 1) or C{auto}."""
+    if text == AUTO:
+        return AUTO
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError('--workers takes a number, at least 1, or "auto"')
+    return int(text)
 
 
 def _workers(value: Any, listen: tuple[str, ...], place: str = "workers") -> int:
     """The config's C{workers}, or the command line's C{--workers} (C{place})."""
-    workers = _positive_int(value, place)
+    if value == AUTO:
+        workers = min(available_cpus(), MAX_WORKERS)
+    elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(place, 'expected a positive integer or "auto"')
+    else:
+        workers = value
     if workers > MAX_WORKERS:
         raise ConfigError(place, "at most %d" % (MAX_WORKERS,))
     if workers > 1 and any(entry.partition(":")[0] not in SHAREABLE_LISTEN for entry in listen):

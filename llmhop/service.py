@@ -508,7 +508,13 @@ class Options(usage.Options):
     longdesc = "Route OpenAI-compatible requests by model to their backends (see README)."
     optParameters = [
         ["config", "c", None, "Path to the JSON config file."],
-        ["workers", "w", None, "Router processes sharing the socket (overrides the config's workers).", int],
+        [
+            "workers",
+            "w",
+            None,
+            'Router processes sharing the socket, or "auto": one per available CPU (overrides the config\'s workers).',
+            configlib.workers_flag,
+        ],
     ]
     optFlags = [
         ["watch-config", None, "Reload when the config file changes (e.g. a Kubernetes ConfigMap), as on SIGHUP."],
@@ -521,8 +527,6 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required")
         if self["no-secrets"] and not self["check"]:
             raise usage.UsageError("--no-secrets only goes with --check")
-        if self["workers"] is not None and self["workers"] < 1:
-            raise usage.UsageError("--workers must be at least 1")
 
 
 def makeService(options: Options) -> service.IService:
@@ -547,7 +551,7 @@ def makeService(options: Options) -> service.IService:
             path,
             handle_signals=True,
             relay_logs=True,
-            workers_flag=options["workers"],
+            workers_flag=None if options["workers"] is None else config.workers,
             watch_config=options["watch-config"],
         )
     except StartupError as e:

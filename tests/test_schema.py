@@ -42,7 +42,7 @@ def test_the_schema_has_every_key_with_llmhops_defaults():
     top = SCHEMA["properties"]
     assert top["listen"]["default"] == configlib.DEFAULT_LISTEN
     assert top["maxBodyBytes"]["default"] == configlib.DEFAULT_MAX_BODY_BYTES
-    assert top["workers"]["maximum"] == configlib.MAX_WORKERS
+    assert top["workers"]["oneOf"][0]["maximum"] == configlib.MAX_WORKERS
     assert top["metrics"]["properties"]["public"]["default"] == configlib.MetricsConfig().public
     assert MODEL["maxQueuedRequests"]["default"] == configlib.DEFAULT_MAX_QUEUED
     check = SCHEMA["$defs"]["healthCheck"]["properties"]
@@ -155,7 +155,7 @@ TOP = st.fixed_dictionaries(
         "listen": mostly(LISTEN | st.lists(LISTEN, max_size=3)),
         "authTokens": mostly(st.lists(st.sampled_from(["tok-1", "", "${env:X}"]) | TOKEN_OBJECT, max_size=2)),
         "maxBodyBytes": mostly(st.integers(0, 10)),
-        "workers": mostly(st.integers(0, 3) | st.integers(250, 260)),
+        "workers": mostly(st.integers(0, 3) | st.integers(250, 260) | st.sampled_from(["auto", "Auto"])),
         "timeouts": mostly(
             st.dictionaries(st.sampled_from(["connect", "idle", "drainDelay", "nope"]), st.floats(-1, 10), max_size=2)
         ),

@@ -434,3 +434,41 @@ def test_process_metrics_with_workers_sum_the_live_processes(two_workers):
     conn.close()
     assert figures["process_open_fds"] > 0 and figures["process_cpu_seconds_total"] > 0
     assert figures["process_start_time_seconds"] > 0
+
+
+def pinned_to(cpus):
+    """A preexec_fn: the child may run on C{cpus} only (as taskset or systemd's CPUAffinity= would)."""
+
+    def pin():
+        os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
+def test_workers_auto_starts_one_process_per_cpu_the_router_may_use(tmp_path, backend_process, processes):
+    from llmhop.process import available_cpus
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2 or available_cpus(affinity=2) < 2:
+        pytest.skip("needs two CPUs free of a quota")
+    path = write_config(
+        tmp_path / "c.json", {"listen": "127.0.0.1:0", "workers": "auto", "models": {"m": {"url": backend_process.url}}}
+    )
+    router = Router(path, preexec_fn=pinned_to(allowed[:2]))
+    processes.append(router)
+    router.wait_for_line(r"\[worker 2\] llmhop listening on")
+    port = router.port()
+    hit_until_both_serve(router, lambda: post_chat(port))
+    assert "worker 3" not in router.output
+
+
+def test_workers_auto_on_one_cpu_is_one_process(tmp_path, backend_process, processes):
+    path = write_config(tmp_path / "c.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}})
+    router = Router(
+        path,
+        argv=llmhop_command() + ["--config", str(path), "--workers", "auto"],
+        preexec_fn=pinned_to(sorted(os.sched_getaffinity(0))[:1]),
+    )
+    processes.append(router)
+    assert post_chat(router.port())[0] == 200
+    assert "worker" not in router.output
