@@ -176,6 +176,16 @@ in
               Use secret references, not the tokens themselves.
             '';
           };
+          workers = mkOption {
+            type = types.either (types.ints.between 1 256) (types.enum [ "auto" ]);
+            default = "auto";
+            example = 2;
+            description = ''
+              Router processes sharing the listening sockets, or `"auto"`: one
+              per CPU the unit may use (its `CPUAffinity=` and `CPUQuota=`).
+              Each costs about 55 MiB of memory.
+            '';
+          };
           maxBodyBytes = mkOption {
             type = types.nullOr types.ints.positive;
             default = null;
@@ -341,7 +351,7 @@ in
         reloadTriggers = [ cfg.configFile ];
         restartTriggers = [
           (builtins.toJSON cfg.settings.listen)
-          (cfg.settings.workers or 1)
+          (toString cfg.settings.workers)
         ];
         serviceConfig = llmhopLib.hardening // {
           Type = "notify";

@@ -46,3 +46,14 @@ def test_every_package_declares_the_same_runtime_dependencies():
     }
     nix = read("nix", "package.nix").split("dependencies =", 1)[1].split("nativeCheckInputs", 1)[0]
     assert re.findall(r"^\s+([a-z-]+)$", nix, re.M) == ["twisted", "attrs", "prometheus-client"]
+
+
+def test_the_packaged_config_uses_every_cpu_and_passes_the_check():
+    """The Debian package and the container (which installs it) run one process per CPU (issue 20)."""
+    import json
+
+    from llmhop import config as configlib
+
+    path = os.path.join(ROOT, "packaging", "debian", "config.json")
+    assert json.loads(read("packaging", "debian", "config.json"))["workers"] == "auto"
+    assert configlib.load(path).workers >= 1

@@ -213,6 +213,15 @@ let
     };
   };
   surfaceRendered = surface.services.llmhop.renderedSettings;
+  surfaceTwo = eval {
+    services.llmhop = {
+      enable = true;
+      settings = {
+        workers = 2;
+        models.m.url = "http://127.0.0.1:9";
+      };
+    };
+  };
 
   checks = {
     "a listen list, scoped tokens and cors render as written" =
@@ -222,6 +231,9 @@ let
       ]
       && (lib.elemAt surfaceRendered.authTokens 1).models == [ "qwen/*" ]
       && surfaceRendered.cors.allowOrigins == [ "https://chat.example" ];
+
+    "router processes default to one per CPU, and a number is kept" =
+      rendered.workers == "auto" && surfaceTwo.services.llmhop.renderedSettings.workers == 2;
 
     "the stop timeout covers the drain delay and the shutdown grace" =
       llmhop.TimeoutStopSec == 45
