@@ -3,6 +3,7 @@
 Everything runs on 127.0.0.1 and is stopped by PID when the benchmark ends.
 """
 
+import http.client
 import json
 import os
 import socket
@@ -52,15 +53,58 @@ def start_go(binary, directory, backend, argv_prefix=()):
     with open(config, "w") as f:
         json.dump({"listen": "127.0.0.1:%d" % port, "models": {"m": {"url": "http://127.0.0.1:%d" % backend}}}, f)
     process = Process(list(argv_prefix) + [binary, "-config", config])
-    deadline = time.monotonic() + 15
+    return process, _listening(process, port, "the Go router", 15)
+
+
+# The Rust routers from PyPI, each a Python package around its Rust core (so
+# the process measured is the one started): how to run it given the package's
+# Python.  Both want a worker that answers GET /health and GET /v1/models.
+RUST_ROUTERS = {
+    "vllm-router": ["-m", "vllm_router.launch_router"],
+    "sglang-router": ["-m", "sglang_router.launch_router"],
+}
+
+
+def start_rust_router(kind, python, backend_url, policy="round_robin", argv_prefix=()):
+    """vllm-router or sglang-router (C{kind}) with one worker, C{backend_url}: (process, port)."""
+    port = free_port()
+    argv = list(argv_prefix) + [python] + RUST_ROUTERS[kind] + ["--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
+    argv += ["--policy", policy, "--worker-urls", backend_url]
+    process = Process(argv)
+    _listening(process, port, kind, 120)
+    # It listens before its worker is registered, and answers 503 until then.
+    deadline = time.monotonic() + 60
+    while _chat_status(port) != 200:
+        if time.monotonic() > deadline:
+            process.stop()
+            raise RuntimeError("%s does not route to its worker: %s" % (kind, process.output[-2000:]))
+        time.sleep(0.2)
+    return process, port
+
+
+def _chat_status(port):
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "ready?"}]})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def _listening(process, port, name, seconds):
+    deadline = time.monotonic() + seconds
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process, port
+            return port
         except OSError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or process.proc.poll() is not None:
                 process.stop()
-                raise RuntimeError("the Go router did not listen: %s" % (process.output,)) from None
+                raise RuntimeError("%s did not listen: %s" % (name, process.output[-2000:])) from None
             time.sleep(0.05)
 
 
@@ -103,6 +147,7 @@ __all__ = [
     "env",
     "free_port",
     "start_go",
+    "start_rust_router",
     "start_router",
     "stop_all",
     "rss_kib",

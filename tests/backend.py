@@ -23,8 +23,10 @@ times it was opened and closed.  Every request carrying ``X-Test-Id`` is recorde
 connection was lost; ``GET /_events/<id>`` returns that record, so a test can
 tell whether (and when) the router let go of the backend.
 
-Run as a program (``python -m tests.backend``) it listens on 127.0.0.1 at an
-ephemeral port and prints ``PORT <n>``.
+Run as a program (``python -m tests.backend [SCRIPT]``) it listens on 127.0.0.1
+at an ephemeral port and prints ``PORT <n>``; SCRIPT (JSON) is the script of
+requests that carry none (routers that rebuild a request's body, as the Rust
+ones do, drop the ``script`` key).
 """
 
 import hashlib
@@ -52,6 +54,7 @@ class Backend(resource.Resource):
         self.probes = 0
         self.refuse = None
         self.refused = 0
+        self.default_script = {}
 
     def render(self, request):
         if request.path.startswith(b"/_events/"):
@@ -71,9 +74,9 @@ class Backend(resource.Resource):
         if request.path.endswith(b"/audio/transcriptions"):
             return self._transcription(request, body)
         try:
-            script = json.loads(body).get("script") or {}
+            script = json.loads(body).get("script") or self.default_script
         except (ValueError, AttributeError):
-            script = {}
+            script = self.default_script
         self._record(request)
         self.served += 1
         kind = script.get("kind", "echo")
@@ -264,12 +267,15 @@ class RecordingSite(server.Site):
         return protocol
 
 
-def site(reactor=default_reactor):
-    return RecordingSite(Backend(reactor))
+def site(reactor=default_reactor, default_script=None):
+    backend = Backend(reactor)
+    backend.default_script = default_script or {}
+    return RecordingSite(backend)
 
 
 def main():
-    port = default_reactor.listenTCP(0, site(), interface="127.0.0.1")
+    script = json.loads(sys.argv[1]) if len(sys.argv) > 1 else None
+    port = default_reactor.listenTCP(0, site(default_script=script), interface="127.0.0.1")
     sys.stdout.write("PORT %d\n" % (port.getHost().port,))
     sys.stdout.flush()
     default_reactor.run()

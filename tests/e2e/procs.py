@@ -155,8 +155,9 @@ class Router(Process):
 
 
 class BackendProcess(Process):
-    def __init__(self):
-        super().__init__([sys.executable, "-m", "tests.backend"])
+    def __init__(self, default_script=None):
+        script = [json.dumps(default_script)] if default_script else []
+        super().__init__([sys.executable, "-m", "tests.backend", *script])
         self.port = int(self.wait_for_line(r"^PORT (\d+)$").group(1))
         self.url = "http://127.0.0.1:%d" % (self.port,)
 
