@@ -16,17 +16,17 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from llmhop import affinity, errors
+from llmhop import affinity, errors, proxy
 from llmhop.auth import ANYONE, Authenticator, ClientToken
 from llmhop.config import LEAST_IN_FLIGHT
 from llmhop.cors import Cors, is_preflight, preflight_headers
 from llmhop.extract import SMALL_BODY, Body, ModelError, keyed_spans, model_of, renamed
 from llmhop.framing import RequestLine
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
-from llmhop.proxy import Upstream
 from llmhop.routing import ReplicaHealth, Route, RoutingTable
 from llmhop.site import GatewayRequest, ScreeningResource
 from llmhop.target import ROUTE_PREFIX, check_target
+from llmhop.upstream import Upstream
 
 T = TypeVar("T")
 
@@ -222,7 +222,7 @@ class Gateway(ScreeningResource):
 
     def _send(self, route: Route, request: "GatewayRequest") -> None:
         if not request.gone:
-            self.upstream.forward(request, route, self._fallbacks(route, request), request.affinity)
+            proxy.forward(self.upstream, request, route, self._fallbacks(route, request), request.affinity)
 
     def _fallbacks(self, route: Route, request: "GatewayRequest") -> list[Route]:
         """C{route}'s fallbacks; none for a path-routed request, whose body names no model to rewrite."""

@@ -34,10 +34,10 @@ from llmhop.gateway import Gateway
 from llmhop.health import HealthChecks
 from llmhop.listening import bind_failure, listen_problems, sockets_stay_nonblocking, systemd_sockets, with_backlog
 from llmhop.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, SHARED_DIR_ENVIRON, Metrics, make_shared_dir
-from llmhop.proxy import Upstream
 from llmhop.routing import RoutingTable
 from llmhop.site import GatewaySite
 from llmhop.tracing import Tracing
+from llmhop.upstream import Upstream
 from llmhop.watch import ConfigWatcher
 from llmhop.workers import ISupervisorReactor, SignalHandlers, WorkerPool, adopt_listening, inherited_listening
 from llmhop.writethrough import write_through

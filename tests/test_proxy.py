@@ -11,7 +11,9 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
-from llmhop.proxy import Attempts, Exchange, Upstream
+from llmhop.attempts import Attempts
+from llmhop.proxy import Exchange
+from llmhop.upstream import Upstream
 from tests.test_routing import THREE, route_of
 
 READ_TIMEOUT = 30.0
