@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.client import ResponseDone
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
@@ -52,7 +51,8 @@ def forward(
 ) -> None:
     """Send C{request} to C{route} (then to C{fallbacks}), with the affinity C{keys} per route name."""
     headers = upstream_headers(request, route, upstream.strip_credentials)
-    Exchange(request, route, upstream, headers, list(fallbacks), keys or {}).start()
+    attempts = Attempts(request, route, upstream, headers, list(fallbacks), keys or {})
+    Exchange(request, route, upstream, attempts).start()
 
 
 @attrs.define(eq=False)
@@ -60,7 +60,7 @@ class Exchange:
     """One request forwarded: L{Attempts} until a replica answers, then its answer relayed.
 
     @ivar _state: one of
-        - C{SENDING}: the replicas are tried (C{_attempts}; C{_sending} under
+        - C{SENDING}: the replicas are tried (C{attempts}; C{_sending} under
           the response timeout);
         - C{RELAYING}: the answer's status and headers are the client's, its
           body is relayed by C{_relay}, which the client's connection pauses;
@@ -73,11 +73,8 @@ class Exchange:
     request: "GatewayRequest"
     route: Route
     upstream: Upstream
-    headers: Headers
-    fallbacks: list[Route] = attrs.Factory(list)
-    keys: Mapping[str, bytes] = attrs.Factory(dict)
+    attempts: Attempts
     _state: str = SENDING
-    _attempts: Optional[Attempts] = None
     _sending: Optional[defer.Deferred] = None
     _relay: Optional["_Relay"] = None
     # The answer is a stream of server-sent events (its usage is in the last data event).
@@ -92,16 +89,13 @@ class Exchange:
         finished = self.request.notifyFinish()
         finished.addErrback(self._client_left)
         finished.addBoth(self._ended)
-        self._attempts = Attempts(self.request, self.route, self.upstream, self.headers, self.fallbacks, self.keys)
-        self._sending = self._attempts.send()
+        self._sending = self.attempts.send()
         self._sending.addTimeout(self.upstream.response_timeout, self.upstream.reactor)
         self._sending.addCallbacks(self._answered, self._failed)
 
     def _ended(self, _: object) -> None:
-        attempts = self._attempts
-        self.upstream.in_flight(self.route if attempts is None else attempts.route, -1)
-        if attempts is not None:
-            attempts.leave_replica()
+        self.upstream.in_flight(self.attempts.route, -1)
+        self.attempts.leave_replica()
 
     def _client_left(self, reason: Failure) -> None:
         state, self._state = self._state, self.DONE
@@ -134,8 +128,8 @@ class Exchange:
             self._state, self._relay = self.RELAYING, relay
             self._send_head(response)
             relay.tail = self._tail_for(response)
-            if self._attempts is not None and self._attempts.fell_back:
-                self.request.responseHeaders.setRawHeaders(FALLBACK_HEADER, [self._attempts.route.name.encode("utf-8")])
+            if self.attempts.fell_back:
+                self.request.responseHeaders.setRawHeaders(FALLBACK_HEADER, [self.attempts.route.name.encode("utf-8")])
         response.deliverBody(relay)
 
     def _send_head(self, response: IResponse) -> None:

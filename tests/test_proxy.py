@@ -185,7 +185,7 @@ def test_cancelling_the_attempts_cancels_the_one_under_way():
 def test_no_answer_within_the_response_timeout_is_a_504():
     clock, route = Clock(), route_of(THREE[:1])
     up, req = upstream(clock), request()
-    Exchange(req, route, up, Headers()).start()
+    Exchange(req, route, up, Attempts(req, route, up, Headers())).start()
     clock.advance(RESPONSE_TIMEOUT - 1)
     assert not req.finished
     clock.advance(1)
@@ -197,7 +197,7 @@ def test_no_answer_within_the_response_timeout_is_a_504():
 def answered(clock):
     route = route_of(THREE[:1])
     up, req = upstream(clock), request()
-    Exchange(req, route, up, Headers()).start()
+    Exchange(req, route, up, Attempts(req, route, up, Headers())).start()
     response = Response()
     up.sent[0][1].callback(response)
     return req, response
@@ -245,7 +245,7 @@ def test_a_client_that_leaves_stops_the_backend(when):
     clock = Clock()
     route = route_of(THREE[:1])
     up, req = upstream(clock), request()
-    Exchange(req, route, up, Headers()).start()
+    Exchange(req, route, up, Attempts(req, route, up, Headers())).start()
     if when == "before-the-answer":
         req.processingFailed(Failure(ConnectionError("client left")))
         assert up.sent[0][1].called  # cancelled
