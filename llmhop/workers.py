@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import attrs
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ReactorNotRunning
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -294,6 +294,12 @@ class SignalHandlers:
             if callable(twisted_handler):
                 self.reactor.callFromThread(twisted_handler, signum, frame)
             else:
-                self.reactor.callFromThread(self.reactor.stop)
+                self.reactor.callFromThread(self._stop_reactor)
 
         return handler
+
+    def _stop_reactor(self) -> None:
+        # Another path may have stopped it already: the parent's death, or
+        # the parent's forwarded SIGTERM racing the one sent to every process.
+        with contextlib.suppress(ReactorNotRunning):
+            self.reactor.stop()

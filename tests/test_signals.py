@@ -8,6 +8,8 @@ the work to the reactor, which callFromThread allows from a signal handler.
 
 import signal
 
+from twisted.internet.error import ReactorNotRunning
+
 from llmhop.workers import SignalHandlers
 
 
@@ -18,8 +20,13 @@ class Reactor:
     def callFromThread(self, f, *args):
         self.handed_over.append((f, args))
 
+    stops = 0
+
     def stop(self):
-        pass
+        # As Twisted's reactor: a second stop raises.
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
 
 
 def test_twisted_s_handler_runs_on_the_reactor_not_inside_the_signal():
@@ -43,4 +50,17 @@ def test_a_second_signal_is_not_handed_over_again():
 def test_without_a_twisted_handler_the_reactor_is_stopped_from_the_reactor():
     reactor = Reactor()
     SignalHandlers(reactor, on_hup=lambda: None)._once(signal.SIG_DFL)(signal.SIGTERM, None)
-    assert reactor.handed_over == [(reactor.stop, ())]
+    [(stop, args)] = reactor.handed_over
+    assert reactor.stops == 0  # nothing run inside the signal
+    stop(*args)
+    assert reactor.stops == 1
+
+
+def test_a_reactor_already_stopped_by_another_path_is_left_alone():
+    """SIGTERM sent to every process races the parent's forwarded one (a CI run on Twisted 22.4)."""
+    reactor = Reactor()
+    SignalHandlers(reactor, on_hup=lambda: None)._once(signal.SIG_DFL)(signal.SIGTERM, None)
+    [(stop, args)] = reactor.handed_over
+    stop(*args)
+    stop(*args)  # as if stopped elsewhere first: no ReactorNotRunning escapes
+    assert reactor.stops == 2
