@@ -128,7 +128,7 @@ def test_the_command_line_refuses_other_values(value, capsys):
 def test_the_schema_takes_auto():
     import json
 
-    import jsonschema
+    jsonschema = pytest.importorskip("jsonschema")  # not in the PyPy leg's packages
 
     from llmhop import config as configlib
 

@@ -445,6 +445,11 @@ def pinned_to(cpus):
     return pin
 
 
+# PyPy 3.9 has no os.sched_getaffinity (llmhop then counts os.cpu_count()).
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no os.sched_getaffinity here")
+
+
+@needs_affinity
 def test_workers_auto_starts_one_process_per_cpu_the_router_may_use(tmp_path, backend_process, processes):
     from llmhop.process import available_cpus
 
@@ -462,6 +467,7 @@ def test_workers_auto_starts_one_process_per_cpu_the_router_may_use(tmp_path, ba
     assert "worker 3" not in router.output
 
 
+@needs_affinity
 def test_workers_auto_on_one_cpu_is_one_process(tmp_path, backend_process, processes):
     path = write_config(tmp_path / "c.json", {"listen": "127.0.0.1:0", "models": {"m": {"url": backend_process.url}}})
     router = Router(
