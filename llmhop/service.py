@@ -25,6 +25,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 
 from llmhop import client, config as configlib, process, tracing
 from llmhop.accesslog import AccessLog
+from llmhop.admission import Admission
 from llmhop.auth import Authenticator
 from llmhop.check import check
 from llmhop.cors import Cors
@@ -155,15 +156,23 @@ class DrainService(service.Service):
 
 
 class PortService(service.Service):
-    """A bound listening port: stopping the service stops accepting."""
+    """A bound listening port: stopping the service stops accepting, for good.
 
-    def __init__(self, port: IListeningPort) -> None:
+    @ivar admission: what pauses and resumes the port, told that it stops.
+    """
+
+    def __init__(self, port: IListeningPort, admission: Optional[Admission] = None) -> None:
         self.port: Optional[IListeningPort] = port
+        self.admission = admission
 
     def stopService(self) -> Optional[defer.Deferred]:
         service.Service.stopService(self)
         port, self.port = self.port, None
-        return None if port is None else defer.maybeDeferred(port.stopListening)
+        if port is None:
+            return None
+        if self.admission is not None:
+            self.admission.forget(port)
+        return defer.maybeDeferred(port.stopListening)
 
 
 class WorkersService(service.Service):
@@ -336,7 +345,7 @@ class GatewayService(service.MultiService):
 
     def _listened(self, listeners: list[Listener]) -> defer.Deferred:
         for _, port in listeners:
-            PortService(port).setServiceParent(self)
+            PortService(port, self.site.admission).setServiceParent(self)
         metrics = self._listen_for_metrics()
         metrics.addCallback(self._ready, listeners)
         return metrics
@@ -347,6 +356,8 @@ class GatewayService(service.MultiService):
             _log.info("metrics at http://{address}/metrics", address=process.describe_address(metrics_port.getHost()))
         for _, port in listeners:
             write_through(port)
+        # Measured now that the ports and the metrics port are open.
+        self.site.admission.fit_to_process(port for _, port in listeners)
         if self.workers is not None:
             listening = [(d, IFileDescriptor(port).fileno()) for d, port in listeners]
             WorkersService(self.workers, listening).setServiceParent(self)
