@@ -24,8 +24,8 @@ from twisted.web import http, resource as webresource, server
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from llmhop import client, config as configlib, process, tracing
+from llmhop.accepting import Accepting
 from llmhop.accesslog import AccessLog
-from llmhop.admission import Admission
 from llmhop.auth import Authenticator
 from llmhop.check import check
 from llmhop.cors import Cors
@@ -158,20 +158,20 @@ class DrainService(service.Service):
 class PortService(service.Service):
     """A bound listening port: stopping the service stops accepting, for good.
 
-    @ivar admission: what pauses and resumes the port, told that it stops.
+    @ivar accepting: what pauses and resumes the port, told that it stops.
     """
 
-    def __init__(self, port: IListeningPort, admission: Optional[Admission] = None) -> None:
+    def __init__(self, port: IListeningPort, accepting: Optional[Accepting] = None) -> None:
         self.port: Optional[IListeningPort] = port
-        self.admission = admission
+        self.accepting = accepting
 
     def stopService(self) -> Optional[defer.Deferred]:
         service.Service.stopService(self)
         port, self.port = self.port, None
         if port is None:
             return None
-        if self.admission is not None:
-            self.admission.forget(port)
+        if self.accepting is not None:
+            self.accepting.forget(port)
         return defer.maybeDeferred(port.stopListening)
 
 
@@ -345,7 +345,7 @@ class GatewayService(service.MultiService):
 
     def _listened(self, listeners: list[Listener]) -> defer.Deferred:
         for _, port in listeners:
-            PortService(port, self.site.admission).setServiceParent(self)
+            PortService(port, self.site.accepting).setServiceParent(self)
         metrics = self._listen_for_metrics()
         metrics.addCallback(self._ready, listeners)
         return metrics
@@ -357,7 +357,7 @@ class GatewayService(service.MultiService):
         for _, port in listeners:
             write_through(port)
         # Measured now that the ports and the metrics port are open.
-        self.site.admission.fit_to_process(port for _, port in listeners)
+        self.site.accepting.fit_to_process(port for _, port in listeners)
         if self.workers is not None:
             listening = [(d, IFileDescriptor(port).fileno()) for d, port in listeners]
             WorkersService(self.workers, listening).setServiceParent(self)

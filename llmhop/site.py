@@ -34,8 +34,8 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from llmhop import config as configlib, errors, framing, internals
+from llmhop.accepting import Accepting
 from llmhop.accesslog import AccessLog, Entry, Outcome
-from llmhop.admission import Admission
 from llmhop.auth import ClientToken
 from llmhop.extract import Spans
 from llmhop.metrics import Metrics
@@ -276,7 +276,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.admission.opened()
+        self.site.accepting.opened()
         self._arm(self.site.timeouts.requestHead)
         # Server-sent events are many small writes; Nagle would hold them back.
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -486,7 +486,7 @@ class GatewayChannel(http.HTTPChannel):
         self._lingering = self.site.reactor.callLater(LINGER_SECONDS, transport.abortConnection)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.site.admission.closed()
+        self.site.accepting.closed()
         self._disarm()
         if self._lingering is not None and self._lingering.active():
             self._lingering.cancel()
@@ -535,7 +535,7 @@ class GatewaySite(server.Site):
         access line: what a graceful stop waits for (L{drained}).
     @ivar draining: a stop has begun: C{/ready} answers 503 while requests
         are still served (SPEC §6, C{timeouts.drainDelay}).
-    @ivar admission: counts the client connections, and pauses accepting
+    @ivar accepting: counts the client connections, and pauses accepting
         at the process's limit once the service has fitted it.
     """
 
@@ -560,7 +560,7 @@ class GatewaySite(server.Site):
         self.gateway = gateway
         self._configure(config)
         self.in_flight: set[GatewayRequest] = set()
-        self.admission = Admission(reactor)
+        self.accepting = Accepting(reactor)
         self._drained: Optional[defer.Deferred] = None
         self.draining = False
 

@@ -1,4 +1,4 @@
-"""A router at its open-file limit leaves new connections waiting instead of failing them (llmhop.admission)."""
+"""A router at its open-file limit leaves new connections waiting instead of failing them (llmhop.accepting)."""
 
 import json
 import resource

@@ -1,4 +1,4 @@
-"""Accepting only the connections a process has descriptors for (llmhop.admission)."""
+"""Accepting only the connections a process has descriptors for (llmhop.accepting)."""
 
 import resource
 
@@ -8,8 +8,8 @@ from twisted.logger import globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
-from llmhop import admission, config as configlib
-from llmhop.admission import Admission, connection_limit
+from llmhop import accepting, config as configlib
+from llmhop.accepting import Accepting, connection_limit
 from llmhop.service import PortService
 from tests.helpers import build_site
 
@@ -33,7 +33,7 @@ class FakePort:
 
 def watched(limit, ports=1):
     reactor = MemoryReactorClock()
-    gate = Admission(reactor, limit)
+    gate = Accepting(reactor, limit)
     listening = [FakePort() for _ in range(ports)]
     for port in listening:
         reactor.addReader(port)
@@ -120,7 +120,7 @@ def test_the_pause_is_logged_at_most_once_a_minute():
             gate.closed()
 
     assert len(warnings(lambda: flap(5))) == 1
-    reactor.advance(admission.WARN_SECONDS - 1)
+    reactor.advance(accepting.WARN_SECONDS - 1)
     assert warnings(lambda: flap(5)) == []
     reactor.advance(1)
     assert len(warnings(lambda: flap(5))) == 1
@@ -132,14 +132,14 @@ def test_the_sites_channels_are_counted_from_connect_to_close():
     site = build_site(config, clock, HTTPConnectionPool(clock, persistent=False))
     port = FakePort()
     clock.addReader(port)
-    site.admission.limit = 2
-    site.admission.watch(port)
+    site.accepting.limit = 2
+    site.accepting.watch(port)
     channels = [site.buildProtocol(None) for _ in range(2)]
     for channel in channels:
         channel.makeConnection(StringTransport())
-    assert site.admission.open == 2 and port not in clock.getReaders()
+    assert site.accepting.open == 2 and port not in clock.getReaders()
     channels[0].connectionLost(None)
-    assert site.admission.open == 1 and port in clock.getReaders()
+    assert site.accepting.open == 1 and port in clock.getReaders()
 
 
 def test_a_port_whose_service_stops_is_forgotten_before_it_stops_listening():

@@ -63,7 +63,7 @@ def connection_limit(open_files: int, in_use: int) -> Optional[int]:
 
 
 @attrs.define(eq=False)
-class Admission:
+class Accepting:
     """Counts the client connections of one process and pauses its ports at the limit.
 
     @ivar limit: the most client connections at once (None: no limit).
