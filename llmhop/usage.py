@@ -24,7 +24,9 @@ import attrs
 # the events that follow it (finish reasons, [DONE]) and verbose servers.
 TAIL_BYTES = 16 * 1024
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
+# An event ends at a blank line; whatever its line ends (\n or \r\n), one of
+# these is where it does.
+_BLANK_LINES = (b"\n\n", b"\n\r\n")
 _USAGE_KEY = re.compile(rb'(?<!\\)"usage"\s*:\s*')
 # The names of OpenAI's chat and completions APIs, then of its Responses and Anthropic's APIs.
 _NAMES = (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens"))
@@ -72,14 +74,47 @@ def read(tail: Tail, streamed: bool) -> Optional[Usage]:
 
 
 def _from_events(data: bytes) -> Optional[Usage]:
-    for event in reversed(_EVENT_END.split(data)):
-        if b'"usage"' not in event:
-            continue
-        payload = b"\n".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
-        usage = _from_document(payload)
+    """The usage of the last event that reports one.
+
+    Found from the end with C{rfind}: splitting the whole tail into events
+    with a regular expression cost a stream 130 µs on CPython and 790 µs on
+    PyPy (bench/RESULTS.md).
+    """
+    end = len(data)
+    while True:
+        found = data.rfind(b'"usage"', 0, end)
+        if found < 0:
+            return None
+        start = _event_start(data, found)
+        usage = _from_document(_payload(data[start : _event_end(data, found)]))
         if usage is not None:
             return usage
-    return None
+        end = start
+
+
+def _event_start(data: bytes, at: int) -> int:
+    """Where the event holding C{data[at]} begins: after the blank line before it, else at 0."""
+    start = 0
+    for blank in _BLANK_LINES:
+        before = data.rfind(blank, 0, at)
+        if before >= 0:
+            start = max(start, before + len(blank))
+    return start
+
+
+def _event_end(data: bytes, at: int) -> int:
+    """Where the event holding C{data[at]} ends: at the blank line after it, else at the end."""
+    end = len(data)
+    for blank in _BLANK_LINES:
+        after = data.find(blank, at)
+        if after >= 0:
+            end = min(end, after)
+    return end
+
+
+def _payload(event: bytes) -> bytes:
+    """An event's data: its C{data:} lines, joined (SSE)."""
+    return b"\n".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
 
 
 def _from_document(data: bytes) -> Optional[Usage]:

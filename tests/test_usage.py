@@ -1,6 +1,7 @@
 """llmhop.usage: token usage from the tail of an answer, however it was split (SPEC §8)."""
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -90,3 +91,46 @@ def test_a_json_answer_that_fits_the_tail_is_read_whole():
     nested = {"prompt_tokens": 1, "completion_tokens": 1}
     answer = json.dumps({"usage": USAGE, "choices": [{"message": {"metadata": {"usage": nested}}}]}).encode()
     assert read([answer], False) == Usage(17, 42)
+
+
+def events_oracle(data):
+    """The plain reading of an SSE tail: split it into events at every blank line, then look from the end."""
+    for event in reversed(re.split(rb"\r?\n\r?\n", data)):
+        if b'"usage"' not in event:
+            continue
+        payload = b"\n".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+        found = usage._from_document(payload)
+        if found is not None:
+            return found
+    return None
+
+
+_EVENT_PAYLOADS = st.sampled_from(
+    [
+        b'{"choices": [{"delta": {"content": "hi"}}]}',
+        b'{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}',
+        b'{"choices": [], "usage": {"input_tokens": 5, "output_tokens": 6}}',
+        b'{"choices": [{"delta": {}}], "usage": null}',
+        b'{"choices": [{"delta": {"content": "\\"usage\\": {\\"prompt_tokens\\": 9}"}}]}',
+        b'{"usage": {"prompt_tokens": 7, "completion_tokens"',
+        b"[DONE]",
+    ]
+)
+_LINE_ENDS = st.sampled_from([b"\n", b"\r\n"])
+
+
+@st.composite
+def sse_tails(draw):
+    """A stream's tail as servers write it, \\n or \\r\\n line ends, cut anywhere at its start."""
+    out = b""
+    for payload in draw(st.lists(_EVENT_PAYLOADS, max_size=12)):
+        end = draw(_LINE_ENDS)
+        out += draw(st.sampled_from([b"", b": keep-alive" + end, b"event: chunk" + end]))
+        out += b"data: " + payload + end + draw(_LINE_ENDS)
+    return out[draw(st.integers(0, len(out))) :]
+
+
+@settings(max_examples=500, deadline=None)
+@given(sse_tails())
+def test_the_usage_found_from_the_end_is_the_one_a_split_into_events_finds(data):
+    assert usage._from_events(data) == events_oracle(data)
