@@ -64,14 +64,13 @@ def is_preflight(method: bytes, headers: Headers) -> bool:
 
 def preflight_headers(origin: bytes, headers: Headers) -> list[tuple[bytes, bytes]]:
     """The headers of the 204 answering a preflight from allowed C{origin}."""
-    answer = [
+    return [
         (b"Access-Control-Allow-Origin", origin),
         (b"Access-Control-Allow-Methods", METHODS),
         (b"Access-Control-Max-Age", MAX_AGE),
         (b"Vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+        (b"Access-Control-Allow-Headers", _allow_headers(headers)),
     ]
-    answer.append((b"Access-Control-Allow-Headers", _allow_headers(headers)))
-    return answer
 
 
 def _allow_headers(headers: Headers) -> bytes:
