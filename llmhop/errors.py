@@ -128,20 +128,20 @@ def body_too_large(limit: int) -> ApiError:
     )
 
 
-def head_too_large() -> ApiError:
-    """A request head over Twisted's limits (C{totalHeadersSize}, C{maxHeaders}, C{MAX_LENGTH} a line)."""
+def head_too_large(max_bytes: int, max_fields: int) -> ApiError:
+    """A request head over the channel's limits (C{totalHeadersSize}, C{maxHeaders}, C{MAX_LENGTH} a line)."""
     return ApiError(
         431,
-        "The request's header fields are too large (16384 bytes and 500 fields at most).",
+        "The request's header fields are too large (%d bytes and %d fields at most)." % (max_bytes, max_fields),
         "invalid_request_error",
         "request_header_fields_too_large",
     )
 
 
-def uri_too_long() -> ApiError:
+def uri_too_long(max_bytes: int) -> ApiError:
     return ApiError(
         414,
-        "The request line is longer than the 16384 bytes this gateway reads.",
+        "The request line is longer than the %d bytes this gateway reads." % (max_bytes,),
         "invalid_request_error",
         "uri_too_long",
     )

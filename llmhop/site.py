@@ -356,7 +356,7 @@ class GatewayChannel(http.HTTPChannel):
             return True  # the end of the head
         self._head_fields += 1
         if self._head_bytes > self.totalHeadersSize or self._head_fields > self.maxHeaders:
-            self.reject(self.requests[-1], errors.head_too_large())
+            self.reject(self.requests[-1], self._head_too_large())
             return False
         try:
             framing.check_field_line(line)
@@ -365,12 +365,15 @@ class GatewayChannel(http.HTTPChannel):
             return False
         return True
 
+    def _head_too_large(self) -> errors.ApiError:
+        return errors.head_too_large(self.totalHeadersSize, self.maxHeaders)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line over C{MAX_LENGTH}, on which LineReceiver would close without a word."""
         if self._state == self.HEAD:
-            self.reject(self.requests[-1], errors.head_too_large())
+            self.reject(self.requests[-1], self._head_too_large())
         elif self._state in (self.IDLE, self.HANDLED) and self.persistent:
-            self._refuse_request_line(line, errors.uri_too_long())
+            self._refuse_request_line(line, errors.uri_too_long(self.MAX_LENGTH))
         else:
             super().lineLengthExceeded(line)
 

@@ -74,7 +74,7 @@ def test_a_full_queue_answers_429_with_retry_after(make_router, backend):
     second = request(router, "b")
     yield queued(router, 1)
     response = yield request(router, "c")
-    assert response.code == 429
+    assert (response.code, response.phrase) == (429, b"Too Many Requests")
     assert response.headers.getRawHeaders("Retry-After") == ["1"]
     error = (yield response.json())["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")

@@ -199,6 +199,13 @@ def test_a_head_twisted_would_refuse_bare_gets_a_json_error_with_a_request_id(ga
     assert b"\r\nConnection: close\r\n" in head
     assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{16}-[0-9a-f]+\r\n", head), last
     assert error_code(last) == code
+    if status == 431:
+        # Twisted has no reason phrase for 431: llmhop gives RFC 6585's, and the limits themselves.
+        from twisted.web.http import HTTPChannel
+
+        assert last.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), last[:100]
+        limits = b"(%d bytes and 500 fields at most)" % (HTTPChannel.totalHeadersSize,)
+        assert limits in rawhttp.split(last)[1], last
     assert b"smuggled" not in recorder.received()
     yield still_serves(gateway, recorder)
 
