@@ -136,12 +136,35 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Profile:
+    """py-spy sampling one process into a raw (collapsed-stack) file, read by bench/stacks.
+
+    py-spy (PyPI: py-spy) is only needed when a benchmark is asked for a profile.
+    """
+
+    def __init__(self, pid, path, seconds, rate=500):
+        import shutil
+        import subprocess
+
+        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        argv = [spy, "record", "--rate", str(rate), "--duration", str(int(seconds)), "--format", "raw"]
+        self.proc = subprocess.Popen(
+            argv + ["--output", path, "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    def wait(self):
+        _, err = self.proc.communicate()
+        if self.proc.returncode:
+            raise RuntimeError("py-spy failed: %s" % err.decode(errors="replace")[-500:])
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 __all__ = [
+    "Profile",
     "BackendProcess",
     "Process",
     "env",
