@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmhop",
         description="One HTTP port in front of many OpenAI-compatible inference servers: "
         "each request is forwarded to the backend configured for its model.",
+        epilog="llmhop notify --help: run a model server and tell systemd when it is ready.",
     )
     parser.add_argument("--config", "-c", help="path to the JSON config file (required but for -V and --print-schema)")
     parser.add_argument(
@@ -114,6 +115,12 @@ def log_observer(stream: TextIO, system: Optional[str], plain: bool) -> "Callabl
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["notify"]:
+        # A subcommand of its own: it wraps a model server, not the router.
+        from llmhop.notify import main as notify
+
+        return notify(argv[1:])
     args = parse_args(argv)
     if args.print_schema:
         sys.stdout.buffer.write(schema_text())
