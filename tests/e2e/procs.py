@@ -9,9 +9,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -228,3 +231,47 @@ def router_before_recorder(directory, deadline):
     finally:
         router.stop()
         recorder.close()
+
+
+@contextlib.contextmanager
+def fake_notify_socket():
+    """What systemd listens on for C{sd_notify}: a unix datagram socket, as a L{NotifySocket}."""
+    directory = tempfile.mkdtemp(prefix="notify-")  # short: unix socket paths stop at 108 bytes
+    path = os.path.join(directory, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(path)
+        yield NotifySocket(sock, path)
+    finally:
+        sock.close()
+        shutil.rmtree(directory)
+
+
+class NotifySocket:
+    """The messages a process sent to a fake notify socket; C{environ} points a child at it."""
+
+    def __init__(self, sock, address):
+        self.sock = sock
+        self.address = address
+        self.received = []
+
+    @property
+    def environ(self):
+        return env(NOTIFY_SOCKET=self.address)
+
+    def drain(self):
+        """Everything sent so far, without waiting."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.received.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        return self.received
+
+    def wait_for(self, text, timeout=15.0):
+        """The first message containing C{text}, waiting up to C{timeout} seconds."""
+        self.sock.settimeout(timeout)
+        while not any(text in m for m in self.received):
+            self.received.append(self.sock.recv(4096).decode())
+        return next(m for m in self.received if text in m)

@@ -13,50 +13,15 @@ import tempfile
 
 import pytest
 
-from tests.e2e.procs import Process, env, llmhop_command, pid_alive, wait_for
+from tests.e2e.procs import Process, env, fake_notify_socket, llmhop_command, pid_alive, wait_for
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_server.py")
 
 
 @pytest.fixture
 def systemd():
-    """A fake systemd notify socket: C{.environ} for the wrapper, C{.messages()} of what it sent."""
-    directory = tempfile.mkdtemp(prefix="notify-")  # short: unix socket paths stop at 108 bytes
-    path = os.path.join(directory, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    yield NotifySocket(sock, path)
-    sock.close()
-    os.unlink(path)
-    os.rmdir(directory)
-
-
-class NotifySocket:
-    def __init__(self, sock, address):
-        self.sock = sock
-        self.address = address
-        self.received = []
-
-    @property
-    def environ(self):
-        return env(NOTIFY_SOCKET=self.address)
-
-    def drain(self):
-        """Everything sent so far, without waiting."""
-        self.sock.setblocking(False)
-        try:
-            while True:
-                self.received.append(self.sock.recv(4096).decode())
-        except BlockingIOError:
-            pass
-        return self.received
-
-    def wait_for(self, text, timeout=15.0):
-        """The first message containing C{text}, waiting up to C{timeout} seconds."""
-        self.sock.settimeout(timeout)
-        while not any(text in m for m in self.received):
-            self.received.append(self.sock.recv(4096).decode())
-        return next(m for m in self.received if text in m)
+    with fake_notify_socket() as sock:
+        yield sock
 
 
 def free_port():

@@ -7,13 +7,14 @@ from make_model.py) are set; C{.ci/run} builds both (tests/llamacpp/build-server
 import http.client
 import json
 import os
+import signal
 import socket
 import sys
 
 import pytest
 
 from tests import rawhttp
-from tests.e2e.procs import Process, Router, wait_for, write_config
+from tests.e2e.procs import Process, Router, fake_notify_socket, llmhop_command, wait_for, write_config
 
 SERVER = os.environ.get("LLMHOP_LLAMA_SERVER")
 MODEL = os.environ.get("LLMHOP_LLAMA_MODEL")
@@ -29,14 +30,18 @@ def free_port():
 class LlamaServer(Process):
     """llama-server on 127.0.0.1, at a port of its own; C{model} may be a FIFO nobody writes (loading forever)."""
 
-    def __init__(self, alias, port=None, model=None, extra=()):
+    def __init__(self, alias, port=None, model=None, extra=(), notify=None):
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % (self.port,)
         argv = [SERVER, "-m", model or MODEL, "--alias", alias, "--host", "127.0.0.1", "--port", str(self.port)]
         argv += ["--no-webui", "-c", "8192", "--parallel", "2", "--embeddings", "--pooling", "mean", "--metrics"]
         argv += ["--threads", "1"]
         argv += ["--load-mode", "none"] if model else []
-        super().__init__(argv + list(extra), environ={"PATH": os.environ.get("PATH", "")})
+        environ = {"PATH": os.environ.get("PATH", "")}
+        if notify is not None:  # under `llmhop notify`, telling that fake notify socket
+            argv = llmhop_command() + ["notify", "--port", str(self.port), "--interval", "0.1", "--"] + argv
+            environ = notify.environ
+        super().__init__(argv + list(extra), environ=environ)
 
     def ready(self):
         wait_for(lambda: self.get("/health")[0] == 200, timeout=60)
@@ -168,6 +173,30 @@ def test_a_loading_server_answers_503_and_is_retried_then_taken_down(processes, 
     wait_for(lambda: checked_states() == ["down", "up"])
     status, body = request(port, "GET", "/status")
     assert json.loads(body)["routes"]["checked"]["replicas"][0]["lastError"] == "answered 503"
+
+
+def test_notify_tells_systemd_ready_once_the_model_answers(processes):
+    with fake_notify_socket() as systemd:
+        server = LlamaServer("tiny", notify=systemd)
+        processes.append(server)
+        assert systemd.wait_for("READY=1", timeout=60).startswith("READY=1\n")
+        assert server.get("/health")[0] == 200
+        assert server.proc.poll() is None  # the wrapper stays, as the unit's main process
+        server.signal(signal.SIGTERM)
+        assert server.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_notify_fails_at_once_when_the_model_fails_to_load(processes, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\xff" * 60)  # the magic, then garbage: the load fails
+    with fake_notify_socket() as systemd:
+        server = LlamaServer("tiny", model=str(broken), notify=systemd)
+        processes.append(server)
+        status = server.wait(60)  # at once, not after a start timeout
+        assert status not in (0, None)
+        assert not any("READY=1" in m for m in systemd.drain())
+    line = "llmhop: notify: the server exited with status %d before http://127.0.0.1:%d/health answered 200"
+    assert line % (status, server.port) in server.output
 
 
 if __name__ == "__main__":
