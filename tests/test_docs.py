@@ -92,7 +92,19 @@ def test_every_command_line_flag_is_documented_and_every_documented_one_exists()
     from llmhop.service import Options
 
     twistd_flags = {"--" + o[0] for o in Options.optParameters + Options.optFlags}
-    assert documented <= parser_flags | twistd_flags | {"--pidfile", "--logfile", "--syslog", "--uid", "--gid"}
+    from llmhop import notify
+
+    notify_flags = {flag for action in notify.build_parser()._actions for flag in action.option_strings}
+    twistd_own = {"--pidfile", "--logfile", "--syslog", "--uid", "--gid"}
+    assert documented <= parser_flags | twistd_flags | twistd_own | notify_flags
+
+
+def test_every_notify_flag_is_documented():
+    from llmhop import notify
+
+    flags = {flag for action in notify.build_parser()._actions for flag in action.option_strings}
+    section = text(ROOT / "docs" / "operations.md").split("## Readiness of model servers", 1)[1].split("\n## ", 1)[0]
+    assert flags - {"-h", "--help"} <= set(re.findall(r"`(--[a-z-]+)", section))
 
 
 def test_the_metrics_table_names_every_metric():
