@@ -243,5 +243,10 @@ def main(argv: Sequence[str]) -> int:
     return exit_as(returncode)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The C{llmhop-notify} command."""
     sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -56,6 +56,7 @@ python3Packages.buildPythonApplication {
   postInstallCheck = ''
     $out/bin/llmhop --version
     $out/bin/llmhop --check --config examples/config.json
+    $out/bin/llmhop-notify --help >/dev/null
   '';
 
   meta = {

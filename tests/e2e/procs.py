@@ -52,6 +52,14 @@ def llmhop_command():
     return [script] if os.path.exists(script) else [sys.executable, "-m", "llmhop"]
 
 
+def notify_command():
+    """C{llmhop-notify} beside the command under test, else beside this Python, else the module."""
+    if UNDER_TEST:
+        return [os.path.join(os.path.dirname(UNDER_TEST), "llmhop-notify")]
+    script = os.path.join(os.path.dirname(sys.executable), "llmhop-notify")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "llmhop.notify"]
+
+
 def twistd_command():
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 

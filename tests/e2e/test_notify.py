@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from tests.e2e.procs import Process, env, fake_notify_socket, llmhop_command, pid_alive, wait_for
+from tests.e2e.procs import Process, env, fake_notify_socket, llmhop_command, notify_command, pid_alive, wait_for
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin_server.py")
 
@@ -41,9 +41,9 @@ class Wrapper(Process):
                 os.kill(pid, signal.SIGKILL)
 
 
-def wrapper(processes, environ, notify_args, server_args):
-    """C{llmhop notify NOTIFY_ARGS -- standin SERVER_ARGS}, started."""
-    argv = llmhop_command() + ["notify", "--interval", "0.05"] + notify_args
+def wrapper(processes, environ, notify_args, server_args, command=None):
+    """C{llmhop-notify NOTIFY_ARGS -- standin SERVER_ARGS} (or C{command}), started."""
+    argv = (command or notify_command()) + ["--interval", "0.05"] + notify_args
     process = Wrapper(argv + ["--", sys.executable, STANDIN] + server_args, environ=environ)
     processes.append(process)
     return process
@@ -67,11 +67,12 @@ def probes(process, status):
     return sum(1 for line in process.output.splitlines() if line.startswith("probe %d" % status))
 
 
-def test_ready_is_sent_once_the_server_answers_and_not_before(processes, systemd, tmp_path):
+@pytest.mark.parametrize("spelling", ["llmhop-notify", "llmhop notify"])
+def test_ready_is_sent_once_the_server_answers_and_not_before(processes, systemd, tmp_path, spelling):
     port, ready = free_port(), tmp_path / "loaded"
-    process = wrapper(
-        processes, systemd.environ, ["--port", str(port)], ["--port", str(port), "--ready-file", str(ready)]
-    )
+    server = ["--port", str(port), "--ready-file", str(ready)]
+    command = notify_command() if spelling == "llmhop-notify" else llmhop_command() + ["notify"]
+    process = wrapper(processes, systemd.environ, ["--port", str(port)], server, command)
     wait_for(lambda: probes(process, 503) >= 3)
     sent = systemd.drain()
     assert not any("READY=1" in m for m in sent)

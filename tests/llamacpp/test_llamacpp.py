@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tests import rawhttp
-from tests.e2e.procs import Process, Router, fake_notify_socket, llmhop_command, wait_for, write_config
+from tests.e2e.procs import Process, Router, fake_notify_socket, notify_command, wait_for, write_config
 
 SERVER = os.environ.get("LLMHOP_LLAMA_SERVER")
 MODEL = os.environ.get("LLMHOP_LLAMA_MODEL")
@@ -39,7 +39,7 @@ class LlamaServer(Process):
         argv += ["--load-mode", "none"] if model else []
         environ = {"PATH": os.environ.get("PATH", "")}
         if notify is not None:  # under `llmhop notify`, telling that fake notify socket
-            argv = llmhop_command() + ["notify", "--port", str(self.port), "--interval", "0.1", "--"] + argv
+            argv = notify_command() + ["--port", str(self.port), "--interval", "0.1", "--"] + argv
             environ = notify.environ
         super().__init__(argv + list(extra), environ=environ)
 
