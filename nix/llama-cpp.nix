@@ -14,8 +14,8 @@ let
   unitName = name: "llama-cpp-${llmhopLib.unitSafe name}";
 
   # Started one after another, in name order: a unit counts as started only
-  # once its model answers (see ExecStartPost), so two models never load at
-  # the same time.
+  # once its model answers (llmhop-notify, Type=notify), so two models never
+  # load at the same time.
   ordered = lib.attrNames models;
   previous = lib.listToAttrs (
     lib.zipListsWith (prev: name: lib.nameValuePair name (unitName prev)) ordered (lib.drop 1 ordered)
@@ -35,15 +35,16 @@ let
       (toString model.port)
     ];
 
-  waitUntilServing =
-    name: model:
-    pkgs.writeShellScript "llama-cpp-${llmhopLib.unitSafe name}-ready" ''
-      # /health answers 503 while the model loads and 200 once it serves.
-      until ${lib.getExe pkgs.curl} --silent --fail --output /dev/null \
-          http://127.0.0.1:${toString model.port}/health; do
-        sleep 1
-      done
-    '';
+  # The server runs under llmhop-notify, which sends READY=1 once /health
+  # answers 200 (llama-server answers 503 while the model loads), stays the
+  # main process and exits as the server did: the unit stays `activating`
+  # until the model serves, and fails at once if the server dies loading.
+  notifyCommand = model: [
+    (lib.getExe' config.services.llmhop.package "llmhop-notify")
+    "--port"
+    (toString model.port)
+    "--"
+  ];
 
   unit = name: model: {
     description = "llama.cpp server of model ${name} (llmhop worker)";
@@ -58,13 +59,24 @@ let
     }
     // cfg.environment
     // model.environment;
+    # Three failed starts within an hour stop the restarts, so that a model
+    # that cannot load shows its error instead of looping.
+    startLimitBurst = 3;
+    startLimitIntervalSec = 3600;
     serviceConfig = llmhopLib.hardening // {
-      Type = "exec";
-      ExecStart = lib.escapeShellArgs (commandLine name model);
-      ExecStartPost = waitUntilServing name model;
+      Type = "notify";
+      NotifyAccess = "main";
+      # systemd signals only llmhop-notify, which forwards to the server:
+      # each signal arrives once. The rest of the cgroup is killed after
+      # TimeoutStopSec as usual.
+      KillMode = "mixed";
+      ExecStart = lib.escapeShellArgs (notifyCommand model ++ commandLine name model);
       # Downloading and loading a large model takes a while.
       TimeoutStartSec = cfg.startTimeout;
-      Restart = "on-failure";
+      # Not on-failure: a server that stopped serving is restarted whatever
+      # its status (vLLM and SGLang exit 0 after an engine crash; llama.cpp
+      # is treated the same).
+      Restart = "always";
       RestartSec = 10;
       # One dynamic user for all llama.cpp units, so that they share the
       # model cache.

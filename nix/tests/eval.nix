@@ -349,10 +349,20 @@ let
       && llama.serviceConfig.EnvironmentFile == [ "/run/secrets/huggingface.env" ];
 
     "llama.cpp command lines carry the settings, alias, loopback host and port" =
-      llama.serviceConfig.ExecStart
-      == "/nix/store/00000000000000000000000000000000-llama-cpp/bin/llama-server --alias gemma-3-1b --hf-repo ggml-org/gemma-3-1b-it-GGUF --n-gpu-layers 999 --host 127.0.0.1 --port 30001"
-      && hasInfix "--flash-attn" services."llama-cpp-qwen3-0.6b".serviceConfig.ExecStart
-      && hasInfix "/health" llama.serviceConfig.ExecStartPost.text;
+      lib.hasSuffix " -- /nix/store/00000000000000000000000000000000-llama-cpp/bin/llama-server --alias gemma-3-1b --hf-repo ggml-org/gemma-3-1b-it-GGUF --n-gpu-layers 999 --host 127.0.0.1 --port 30001" llama.serviceConfig.ExecStart
+      && hasInfix "--flash-attn" services."llama-cpp-qwen3-0.6b".serviceConfig.ExecStart;
+
+    "llama.cpp units are ready once their model answers: llmhop-notify, Type=notify" =
+      hasPrefix "${cfg.package}/bin/llmhop-notify --port 30001 -- " llama.serviceConfig.ExecStart
+      && llama.serviceConfig.Type == "notify"
+      && llama.serviceConfig.NotifyAccess == "main"
+      && llama.serviceConfig.KillMode == "mixed"
+      && !(llama.serviceConfig ? ExecStartPost);
+
+    "llama.cpp units always restart, within a start limit" =
+      llama.serviceConfig.Restart == "always"
+      && llama.startLimitBurst == 3
+      && llama.startLimitIntervalSec == 3600;
 
     "llama.cpp models start one after another" =
       lib.elem "llama-cpp-gemma-3-1b.service" services."llama-cpp-qwen3-0.6b".after
