@@ -160,7 +160,8 @@ rec {
                   description = ''
                     More keys of this model's llmhop route (README, "Configuration
                     reference"), e.g. a concurrency limit in front of the server;
-                    `url` is the worker's own.
+                    `url` is the worker's own. `healthCheck` is `true` unless set
+                    here: llmhop stops sending to a server that stopped answering.
                   '';
                 };
               }

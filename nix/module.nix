@@ -13,27 +13,76 @@ let
   cfg = config.services.llmhop;
   format = pkgs.formats.json { };
 
+  # A worker's route is health-checked unless its `route` says otherwise: a
+  # server that died or reloads is taken out of rotation within seconds.
   workerModels = lib.listToAttrs (
     map (
-      worker: lib.nameValuePair worker.name (worker.route // { url = llmhopLib.loopbackUrl worker.port; })
+      worker:
+      lib.nameValuePair worker.name (
+        { healthCheck = true; } // worker.route // { url = llmhopLib.loopbackUrl worker.port; }
+      )
     ) cfg.workers
   );
 
-  # Unset optional keys are left out, so that llmhop's own defaults apply.
+  # Unset optional keys are left out, so that llmhop's own defaults apply;
+  # but `retryOn = [ ]` is set: it turns retries off.
   unset = value: value == null || value == false || value == { } || value == [ ];
-  renderModel = lib.filterAttrs (_: value: !(unset value));
+  renderValue =
+    key: value:
+    if key == "healthCheck" && builtins.isAttrs value then renderHealthCheck value else value;
+  # A check with every field at its default is `true`, which llmhop reads the same.
+  renderHealthCheck =
+    check:
+    let
+      set = lib.filterAttrs (_: field: field != null) check;
+    in
+    if set == { } then true else set;
+  kept = key: value: if key == "retryOn" then value != null else !(unset value);
+  renderModel = model: lib.filterAttrs kept (lib.mapAttrs renderValue model);
   metrics = renderModel cfg.settings.metrics;
+  cors = renderModel cfg.settings.cors;
   rendered =
     lib.filterAttrs (_: value: !(unset value)) (
       removeAttrs cfg.settings [
         "models"
         "metrics"
+        "cors"
       ]
     )
     // {
       models = lib.mapAttrs (_: renderModel) cfg.settings.models // workerModels;
     }
-    // lib.optionalAttrs (metrics != { }) { inherit metrics; };
+    // lib.optionalAttrs (metrics != { }) { inherit metrics; }
+    // lib.optionalAttrs (cors != { }) { inherit cors; };
+
+  healthCheckType = types.submodule {
+    options = {
+      path = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/health";
+        description = "The path probed; `null`: `/health`.";
+      };
+      interval = mkOption {
+        type = types.nullOr (types.either types.ints.positive types.float);
+        default = null;
+        example = 5;
+        description = "Seconds between probes; `null`: 5.";
+      };
+      timeout = mkOption {
+        type = types.nullOr (types.either types.ints.positive types.float);
+        default = null;
+        example = 2;
+        description = "Seconds a probe may take; `null`: 2.";
+      };
+      failures = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 2;
+        description = "Failed probes in a row that take a replica down; `null`: 2.";
+      };
+    };
+  };
 
   rawConfigFile = format.generate "llmhop-config.json" rendered;
   # Secrets are not there at build time (they come from the environment or
@@ -208,6 +257,15 @@ in
               '';
             };
           };
+          cors.allowOrigins = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            example = [ "https://chat.example" ];
+            description = ''
+              Origins (`scheme://host[:port]`, or `"*"`) whose browsers may call
+              llmhop directly; none by default.
+            '';
+          };
           models = mkOption {
             default = { };
             example = {
@@ -266,6 +324,52 @@ in
                       Authorization = "Bearer \${env:OPENAI_API_KEY}";
                     };
                     description = "Headers set on every request to this backend (secret references allowed).";
+                  };
+                  healthCheck = mkOption {
+                    type = types.either types.bool healthCheckType;
+                    default = false;
+                    example = {
+                      interval = 2;
+                      failures = 3;
+                    };
+                    description = ''
+                      Probe each replica and send it nothing while it is down: `true`,
+                      or `{ path, interval, timeout, failures }` (unset fields keep
+                      llmhop's defaults: `GET /health` every 5 s, 2 s per probe, down
+                      after 2 failures). Worker models are checked by default; their
+                      `route.healthCheck = false` turns that off.
+                    '';
+                  };
+                  retryOn = mkOption {
+                    type = types.nullOr (types.listOf (types.ints.between 100 599));
+                    default = null;
+                    example = [ ];
+                    description = ''
+                      Answers that make llmhop try the next replica (or a fallback);
+                      `null`: llmhop's default, `[ 429 503 ]`; `[ ]` turns retries off.
+                    '';
+                  };
+                  fallbacks = mkOption {
+                    type = types.listOf types.str;
+                    default = [ ];
+                    example = [ "gpt-4o" ];
+                    description = "Other routes tried in order when this one cannot take a request.";
+                  };
+                  policy = mkOption {
+                    type = types.nullOr (
+                      types.enum [
+                        "least-in-flight"
+                        "prefix-affinity"
+                        "session-affinity"
+                      ]
+                    );
+                    default = null;
+                    example = "prefix-affinity";
+                    description = ''
+                      How a replica is chosen; `null`: llmhop's default, `least-in-flight`.
+                      `prefix-affinity` sends requests sharing a prompt prefix to one
+                      replica (its prompt cache), `session-affinity` those of one session.
+                    '';
                   };
                 };
               }

@@ -96,6 +96,7 @@ let
         models."mistral-7b" = {
           port = 30021;
           model = "mistralai/Mistral-7B-Instruct-v0.3";
+          route.healthCheck = false;
         };
         models.switched-off = {
           enable = false;
@@ -209,6 +210,23 @@ let
         ];
         cors.allowOrigins = [ "https://chat.example" ];
         models.m.url = "http://127.0.0.1:9";
+        models.fleet = {
+          url = [
+            "http://127.0.0.1:9"
+            "http://127.0.0.1:10"
+          ];
+          retryOn = [ ];
+          fallbacks = [ "m" ];
+          policy = "prefix-affinity";
+          healthCheck = {
+            interval = 0.5;
+            failures = 3;
+          };
+        };
+        models.all-defaults = {
+          url = "http://127.0.0.1:11";
+          healthCheck = { };
+        };
       };
     };
   };
@@ -231,6 +249,30 @@ let
       ]
       && (lib.elemAt surfaceRendered.authTokens 1).models == [ "qwen/*" ]
       && surfaceRendered.cors.allowOrigins == [ "https://chat.example" ];
+
+    "retries, fallbacks, policy and health checks render as llmhop reads them" =
+      surfaceRendered.models.fleet == {
+        url = [
+          "http://127.0.0.1:9"
+          "http://127.0.0.1:10"
+        ];
+        retryOn = [ ];
+        fallbacks = [ "m" ];
+        policy = "prefix-affinity";
+        healthCheck = {
+          interval = 0.5;
+          failures = 3;
+        };
+      }
+      && (surfaceRendered.models.all-defaults.healthCheck or null) == true
+      && surfaceRendered.models.m == { url = "http://127.0.0.1:9"; }
+      && !(surfaceTwo.services.llmhop.renderedSettings ? cors);
+
+    "worker routes are health-checked unless their route says otherwise" =
+      (rendered.models."gemma-3-1b".healthCheck or null) == true
+      && (rendered.models."Qwen/Qwen3-8B".healthCheck or null) == true
+      && (rendered.models."mistral-7b".healthCheck or null) == false
+      && !(rendered.models."gpt-4o" ? healthCheck);
 
     "router processes default to one per CPU, and a number is kept" =
       rendered.workers == "auto" && surfaceTwo.services.llmhop.renderedSettings.workers == 2;
@@ -275,6 +317,7 @@ let
       && rendered.models."llama-3.1-8b" == {
         url = "http://127.0.0.1:30020";
         maxConcurrentRequests = 4;
+        healthCheck = true;
       };
 
     "listen is made from host and port" = rendered.listen == "0.0.0.0:8080";
@@ -493,6 +536,8 @@ if failed == [ ] then
   {
     passed = lib.attrNames checks;
     renderedConfig = rendered;
+    # The router's own features set through typed options, for `llmhop --check` too.
+    renderedSurfaceConfig = surfaceRendered;
   }
 else
   throw "nix/tests/eval.nix: failed: ${lib.concatStringsSep "; " failed}"
