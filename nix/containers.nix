@@ -1,5 +1,5 @@
-# services.llmhop.sglang and services.llmhop.vllm: one rootless Podman
-# container per model, rendered by quadlet-nix and run by the systemd *user*
+# services.llmhop.sglang-quadlet and services.llmhop.vllm-quadlet: one
+# rootless Podman container per model, rendered by quadlet-nix and run by the systemd *user*
 # manager of a lingering system user (`sglang`, `vllm`) that owns the model
 # cache, its sub-UID range and its container store.
 #
@@ -75,17 +75,10 @@ let
     };
   };
 
-  # Models load one kind after the other (llmhopLib.kinds): each kind's
-  # oneshot waits for the units of the kinds before it.
-  startedUnitOf =
-    kind:
-    if kind == "llama-cpp" then
-      map (name: "llama-cpp-${llmhopLib.unitSafe name}.service") (
-        lib.attrNames (llmhopLib.enabledModels config.services.llmhop.llama-cpp)
-      )
-    else
-      lib.optional config.services.llmhop.${kind}.enable "${kind}-models.service";
-  kindsBefore = kind: lib.take (lib.lists.findFirstIndex (k: k == kind) 0 llmhopLib.kinds) llmhopLib.kinds;
+  # Options live at services.llmhop.<kind>-quadlet; units, users and
+  # commands keep the plain name (vllm-<model>, user vllm, vllm-shell), which
+  # is why a kind and its native twin cannot both be enabled.
+  optionName = kind: "${kind}-quadlet";
 
   backendOptions =
     kind: spec:
@@ -218,7 +211,8 @@ let
   backendConfig =
     kind: spec:
     let
-      cfg = config.services.llmhop.${kind};
+      option = optionName kind;
+      cfg = config.services.llmhop.${option};
       models = llmhopLib.enabledModels cfg;
       unitName = name: "${kind}-${llmhopLib.unitSafe name}";
       ordered = lib.attrNames models;
@@ -338,20 +332,21 @@ let
       assertions = [
         {
           assertion = hasQuadlet;
-          message = "services.llmhop.${kind} runs its containers through quadlet-nix: import quadlet-nix's NixOS module (llmhop's flake output nixosModules.default does).";
+          message = "services.llmhop.${option} runs its containers through quadlet-nix: import quadlet-nix's NixOS module (llmhop's flake output nixosModules.default does).";
         }
         {
           assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
-          message = "services.llmhop.${kind}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
+          message = "services.llmhop.${option}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
         }
       ];
 
       services.llmhop.workers = lib.mapAttrsToList (name: model: {
-        inherit kind name;
+        kind = option;
+        inherit name;
         inherit (model) port route;
       }) models;
 
-      services.llmhop.${kind} = {
+      services.llmhop.${option} = {
         scripts = { inherit apply stop; };
         containers = lib.listToAttrs (
           lib.imap0 (index: name: lib.nameValuePair (unitName name) (container index name models.${name})) ordered
@@ -401,7 +396,7 @@ let
           "network-online.target"
           "systemd-tmpfiles-setup.service"
         ]
-        ++ lib.concatMap startedUnitOf (kindsBefore kind);
+        ++ llmhopLib.unitsBefore config option;
         # A new configuration is applied in place: only the containers that
         # changed are restarted.
         reloadIfChanged = true;
@@ -426,7 +421,9 @@ let
     };
 in
 {
-  options.services.llmhop = lib.mapAttrs backendOptions backends;
+  options.services.llmhop = lib.mapAttrs' (
+    kind: spec: lib.nameValuePair (optionName kind) (backendOptions kind spec)
+  ) backends;
 
   config = lib.mkMerge (
     lib.mapAttrsToList backendConfig backends
@@ -434,8 +431,8 @@ in
       {
         assertions =
           let
-            sglang = config.services.llmhop.sglang;
-            vllm = config.services.llmhop.vllm;
+            sglang = config.services.llmhop.sglang-quadlet;
+            vllm = config.services.llmhop.vllm-quadlet;
           in
           [
             {
@@ -443,7 +440,7 @@ in
                 !(sglang.enable && vllm.enable)
                 || sglang.subUidStart + sglang.subUidCount <= vllm.subUidStart
                 || vllm.subUidStart + vllm.subUidCount <= sglang.subUidStart;
-              message = "services.llmhop.sglang and services.llmhop.vllm: their sub-UID ranges overlap.";
+              message = "services.llmhop.sglang-quadlet and services.llmhop.vllm-quadlet: their sub-UID ranges overlap.";
             }
           ];
       }

@@ -12,8 +12,36 @@ rec {
   kinds = [
     "llama-cpp"
     "sglang"
+    "sglang-quadlet"
+    "vllm"
+    "vllm-quadlet"
+  ];
+
+  # Native kinds run one system unit per model, `<kind>-<name>`.
+  nativeKinds = [
+    "llama-cpp"
+    "sglang"
     "vllm"
   ];
+
+  # The units that count as a kind's models started: a native kind's own,
+  # or a container kind's `<kind>-models.service` oneshot, which starts its
+  # user units and waits for them.
+  startedUnitsOf =
+    config: kind:
+    let
+      backend = config.services.llmhop.${kind};
+    in
+    if !backend.enable then
+      [ ]
+    else if lib.elem kind nativeKinds then
+      map (name: "${kind}-${unitSafe name}.service") (lib.attrNames (enabledModels backend))
+    else
+      [ "${lib.removeSuffix "-quadlet" kind}-models.service" ];
+
+  # What a kind waits for before its first model loads: every kind before it.
+  unitsBefore =
+    config: kind: lib.concatMap (startedUnitsOf config) (lib.take (lib.lists.findFirstIndex (k: k == kind) 0 kinds) kinds);
 
   # `{ hf-repo = "x"; flash-attn = true; ctx-size = 8192; }` ->
   # `[ "--ctx-size" "8192" "--flash-attn" "--hf-repo" "x" ]`; false and null
@@ -172,6 +200,26 @@ rec {
       };
     }
     // backendOptions;
+
+  # What a model server's unit needs on top of `hardening` to use a GPU.
+  gpuAccess = {
+    # CUDA opens /dev/nvidia*, ROCm /dev/kfd and /dev/dri/renderD*.
+    PrivateDevices = false;
+    DevicePolicy = "auto";
+    # The AMD and Intel device nodes belong to these groups ...
+    SupplementaryGroups = [
+      "video"
+      "render"
+    ];
+    # ... whose IDs must survive into the unit's user namespace, which
+    # `PrivateUsers = true` maps to nobody (systemd 257; older ones ignore it).
+    PrivateUsers = "identity";
+    # Every stack pins the host side of its device buffers; systemd's 8 MiB
+    # default reads as out-of-memory despite free VRAM.
+    LimitMEMLOCK = "infinity";
+    # psutil, torch and NUMA discovery read /proc/meminfo and /proc/cpuinfo.
+    ProcSubset = "all";
+  };
 
   # The sandbox every llmhop-managed system unit starts from.
   hardening = {

@@ -63,7 +63,7 @@ let
     # that cannot load shows its error instead of looping.
     startLimitBurst = 3;
     startLimitIntervalSec = 3600;
-    serviceConfig = llmhopLib.hardening // {
+    serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess // {
       Type = "notify";
       NotifyAccess = "main";
       # systemd signals only llmhop-notify, which forwards to the server:
@@ -85,14 +85,6 @@ let
       StateDirectory = "llama-cpp";
       CacheDirectory = "llama-cpp";
       WorkingDirectory = "/var/lib/llama-cpp";
-      # GPU access: the device nodes are reachable through these groups
-      # (NVIDIA's are world-accessible; /dev/dri and /dev/kfd are not).
-      PrivateDevices = false;
-      DevicePolicy = "auto";
-      SupplementaryGroups = [
-        "video"
-        "render"
-      ];
       # llama.cpp sets thread priorities and may lock the model in memory.
       SystemCallFilter = [
         "@system-service"

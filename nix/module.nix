@@ -102,6 +102,7 @@ in
 {
   imports = [
     ./llama-cpp.nix
+    ./python-servers.nix
     ./containers.nix
   ];
 

@@ -78,12 +78,12 @@ let
           };
         };
       };
-      sglang = {
+      sglang-quadlet = {
         enable = true;
         environmentFile = "/run/secrets/huggingface.env";
         models."Qwen/Qwen3-8B".port = 30010;
       };
-      vllm = {
+      vllm-quadlet = {
         enable = true;
         tag = "v0.11.0";
         modelSettings.gpu-memory-utilization = 0.45;
@@ -112,7 +112,7 @@ let
   services = sample.systemd.services;
   llmhop = services.llmhop.serviceConfig;
   llama = services."llama-cpp-gemma-3-1b";
-  quadlet = kind: name: cfg.${kind}.containers.${name}._configText;
+  quadlet = kind: name: cfg."${kind}-quadlet".containers.${name}._configText;
 
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
@@ -135,15 +135,65 @@ let
   clashMessages = lib.concatStringsSep "\n" (failedAssertions clash);
 
   fromStore = eval {
-    services.llmhop.sglang = {
+    services.llmhop.sglang-quadlet = {
       enable = true;
       package = pkgs.writeText "sglang-image.tar.gz" "";
       models.m.port = 30040;
     };
   };
 
+  # The native twins of the containers, with llama.cpp before them.
+  native = eval {
+    services.llmhop = {
+      enable = true;
+      llama-cpp = {
+        enable = true;
+        models.tiny.port = 30001;
+      };
+      sglang = {
+        enable = true;
+        package = pkgs.writeText "sglang-env" "";
+        models."Qwen/Qwen3-8B".port = 30010;
+      };
+      vllm = {
+        enable = true;
+        environmentFile = "/run/secrets/huggingface.env";
+        modelSettings.enforce-eager = true;
+        models."llama-3.1-8b" = {
+          port = 30020;
+          model = "meta-llama/Llama-3.1-8B-Instruct";
+          settings.max-model-len = 16384;
+        };
+        models."mistral-7b" = {
+          port = 30021;
+          package = pkgs.writeText "vllm-0.12" "";
+        };
+      };
+    };
+  };
+  nativeUnits = native.systemd.services;
+  nativeVllm = nativeUnits."vllm-llama-3.1-8b";
+  nativeSglang = nativeUnits."sglang-Qwen-Qwen3-8B";
+  twins = eval {
+    services.llmhop = {
+      enable = true;
+      vllm = {
+        enable = true;
+        models.a.port = 30020;
+      };
+      vllm-quadlet = {
+        enable = true;
+        models.b.port = 30021;
+      };
+      sglang = {
+        enable = true;
+        models.c.port = 30010;
+      };
+    };
+  };
+
   withoutQuadlet = evalWith [ ] {
-    services.llmhop.vllm = {
+    services.llmhop.vllm-quadlet = {
       enable = true;
       models.m.port = 30030;
     };
@@ -274,6 +324,63 @@ let
       && (rendered.models."mistral-7b".healthCheck or null) == false
       && !(rendered.models."gpt-4o" ? healthCheck);
 
+    "native vLLM and SGLang units run the server under llmhop-notify on loopback" =
+      hasPrefix "${cfg.package}/bin/llmhop-notify --port 30020 -- /nix/store/00000000000000000000000000000000-vllm/bin/vllm serve meta-llama/Llama-3.1-8B-Instruct --served-model-name llama-3.1-8b --enforce-eager --max-model-len 16384 " nativeVllm.serviceConfig.ExecStart
+      && lib.hasSuffix " --host 127.0.0.1 --port 30020" nativeVllm.serviceConfig.ExecStart
+      && hasInfix "-vllm-0.12/bin/vllm serve mistral-7b --served-model-name mistral-7b " nativeUnits."vllm-mistral-7b".serviceConfig.ExecStart
+      && hasInfix "-sglang-env/bin/python3 -m sglang.launch_server --model-path Qwen/Qwen3-8B --served-model-name Qwen/Qwen3-8B --host 127.0.0.1 --port 30010" nativeSglang.serviceConfig.ExecStart
+      && native.services.llmhop.renderedSettings.models."llama-3.1-8b" == {
+        url = "http://127.0.0.1:30020";
+        healthCheck = true;
+      };
+
+    "native vLLM and SGLang units are hardened, reach the GPU and run as a real user" =
+      lib.all (
+        unit:
+        let
+          c = unit.serviceConfig;
+        in
+        c.Type == "notify"
+        && c.NotifyAccess == "main"
+        && c.KillMode == "mixed"
+        && c.Restart == "always"
+        && unit.startLimitBurst == 3
+        && !c.DynamicUser
+        && c.NoNewPrivileges
+        && c.ProtectSystem == "strict"
+        && c.ProtectHome
+        && c.CapabilityBoundingSet == ""
+        && !c.PrivateDevices
+        && c.PrivateUsers == "identity"
+        && c.LimitMEMLOCK == "infinity"
+        && c.ProcSubset == "all"
+        && lib.elem "render" c.SupplementaryGroups
+        && lib.elem "AF_NETLINK" c.RestrictAddressFamilies
+        && c.CacheDirectory == c.User
+        && unit.environment.HOME == "/var/cache/${c.User}"
+        && unit.environment.NCCL_SOCKET_IFNAME == "lo"
+        && lib.any (p: p.name or "" == "gcc") unit.path
+      ) [ nativeVllm nativeSglang ]
+      && nativeVllm.serviceConfig.User == "vllm"
+      && nativeVllm.serviceConfig.EnvironmentFile == [ "/run/secrets/huggingface.env" ]
+      && native.users.users.vllm.isSystemUser
+      && native.users.users.sglang.group == "sglang";
+
+    "native workers start one after another, after the kinds before them" =
+      lib.elem "vllm-llama-3.1-8b.service" nativeUnits."vllm-mistral-7b".after
+      && !(lib.elem "vllm-mistral-7b.service" nativeVllm.after)
+      && lib.elem "sglang-Qwen-Qwen3-8B.service" nativeVllm.after
+      && lib.elem "llama-cpp-tiny.service" nativeVllm.after
+      && lib.elem "llama-cpp-tiny.service" nativeSglang.after;
+
+    "a kind and its quadlet twin cannot both run, and SGLang needs a package" =
+      let
+        messages = failedAssertions twins;
+      in
+      lib.any (hasInfix "services.llmhop.vllm and services.llmhop.vllm-quadlet both run units") messages
+      && lib.any (hasInfix "services.llmhop.sglang.package: set it") messages
+      && failedAssertions native == [ ];
+
     "router processes default to one per CPU, and a number is kept" =
       rendered.workers == "auto" && surfaceTwo.services.llmhop.renderedSettings.workers == 2;
 
@@ -289,7 +396,7 @@ let
       && rendered.models."mistral-7b".url == "http://127.0.0.1:30021";
 
     "a disabled model is neither routed nor run" =
-      !(rendered.models ? switched-off) && !(cfg.vllm.containers ? vllm-switched-off);
+      !(rendered.models ? switched-off) && !(cfg.vllm-quadlet.containers ? vllm-switched-off);
 
     "settings.models are kept beside the workers' routes" =
       rendered.models."gpt-4o" == {
@@ -380,7 +487,7 @@ let
     "llama.cpp models are hardened native units with GPU access" =
       llama.serviceConfig.DynamicUser
       && llama.serviceConfig.ProtectSystem == "strict"
-      && llama.serviceConfig.PrivateUsers
+      && llama.serviceConfig.PrivateUsers == "identity"
       && llama.serviceConfig.NoNewPrivileges
       && !llama.serviceConfig.PrivateDevices
       && llama.serviceConfig.SupplementaryGroups == [
@@ -430,7 +537,7 @@ let
       && hasInfix "serve meta-llama/Llama-3.1-8B-Instruct --served-model-name llama-3.1-8b --gpu-memory-utilization 0.450000 --max-model-len 16384 --host 0.0.0.0 --port 30020" v
       && hasInfix "-m sglang.launch_server --model-path Qwen/Qwen3-8B --served-model-name Qwen/Qwen3-8B" s;
 
-    "an image built with Nix is loaded from the store" = hasInfix "Image=docker-archive:/nix/store/00000000000000000000000000000000-sglang-image.tar.gz" fromStore.services.llmhop.sglang.containers.sglang-m._configText;
+    "an image built with Nix is loaded from the store" = hasInfix "Image=docker-archive:/nix/store/00000000000000000000000000000000-sglang-image.tar.gz" fromStore.services.llmhop.sglang-quadlet.containers.sglang-m._configText;
 
     "containers of one kind start one after another" =
       hasInfix "After=vllm-llama-3.1-8b.service" (quadlet "vllm" "vllm-mistral-7b")
@@ -477,13 +584,13 @@ let
 
     "the oneshot installs the units in the user's config and starts them there" =
       let
-        apply = cfg.vllm.scripts.apply.text;
+        apply = cfg.vllm-quadlet.scripts.apply.text;
       in
       hasInfix "ln -sfn /nix/store/00000000000000000000000000000000-vllm-quadlets /var/lib/vllm/.config/containers/systemd" apply
       && hasInfix "systemctl --user --machine=vllm@ daemon-reload" apply
       && hasInfix ''systemctl --user --machine=vllm@ start "$@" vllm-llama-3.1-8b.service vllm-mistral-7b.service'' apply
       && lib.hasSuffix "vllm-models-apply --no-block" services.vllm-models.serviceConfig.ExecReload
-      && hasInfix "systemctl --user --machine=vllm@ stop vllm-llama-3.1-8b.service vllm-mistral-7b.service" cfg.vllm.scripts.stop.text;
+      && hasInfix "systemctl --user --machine=vllm@ stop vllm-llama-3.1-8b.service vllm-mistral-7b.service" cfg.vllm-quadlet.scripts.stop.text;
 
     "sglang-shell and vllm-shell open a shell as those users" =
       let

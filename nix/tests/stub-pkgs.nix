@@ -60,6 +60,10 @@ lib.fix (self: {
   systemd = package "systemd";
   podman = package "podman";
   llama-cpp = package "llama-cpp";
+  vllm = package "vllm";
+  bash = package "bash";
+  gcc = package "gcc";
+  ninja = package "ninja";
   llmhop = package "llmhop";
 
   # For evaluating the flake's outputs (nix/default.nix, nix/package.nix).
