@@ -335,6 +335,10 @@ let
           message = "services.llmhop.${option} runs its containers through quadlet-nix: import quadlet-nix's NixOS module (llmhop's flake output nixosModules.default does).";
         }
         {
+          assertion = lib.all (model: model.port != null) (lib.attrValues models);
+          message = "services.llmhop.${option}.models: containers are reached on a loopback port; give each a port: ${lib.concatStringsSep ", " (lib.attrNames (lib.filterAttrs (_: model: model.port == null) models))}";
+        }
+        {
           assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
           message = "services.llmhop.${option}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
         }

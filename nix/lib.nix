@@ -68,6 +68,40 @@ rec {
 
   loopbackUrl = port: "http://127.0.0.1:${toString port}";
 
+  # A socket worker's own directory and socket: one directory per unit, so
+  # that no worker can delete or take over another's socket.
+  socketOf = config: unit: "${config.services.llmhop.socketDirectory}/${unit}/http.sock";
+  # Its RuntimeDirectory= (relative to /run): created on start, removed on
+  # stop (crashes included), so a restart never finds a stale socket.
+  socketRuntimeDirectory = config: unit: "${lib.removePrefix "/run/" config.services.llmhop.socketDirectory}/${unit}";
+
+  # What a worker unit with a unix socket adds to its serviceConfig: the
+  # directory (search only for the group, which llmhop joins) and a umask
+  # that leaves the socket group-writable (the servers bind with the umask).
+  socketServiceConfig = config: unit: {
+    RuntimeDirectory = socketRuntimeDirectory config unit;
+    RuntimeDirectoryMode = "0710";
+    UMask = "0007";
+  };
+
+  # llmhop-notify's arguments: the health check on the port, or on the socket.
+  notifyArguments =
+    config: unit: model:
+    [ (lib.getExe' config.services.llmhop.package "llmhop-notify") ]
+    ++ (
+      if model.port != null then
+        [
+          "--port"
+          (toString model.port)
+        ]
+      else
+        [
+          "--socket"
+          (socketOf config unit)
+        ]
+    )
+    ++ [ "--" ];
+
   # One value of a command line flag, as `toFlags` renders it.
   flagValue =
     let
@@ -148,11 +182,14 @@ rec {
                   description = "Whether to run the server of model `${name}`.";
                 };
                 port = mkOption {
-                  type = types.port;
+                  type = types.nullOr types.port;
+                  default = null;
                   example = 30000;
                   description = ''
                     The loopback port of this model's server; every worker needs
-                    its own.
+                    its own. `null`: the server listens on a unix socket in a
+                    directory of its own below `services.llmhop.socketDirectory`
+                    instead, which only llmhop may reach (llama.cpp and vLLM).
                   '';
                 };
                 settings = mkOption {

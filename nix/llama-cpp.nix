@@ -28,23 +28,27 @@ let
     [ (lib.getExe' cfg.package "llama-server") ]
     ++ llmhopLib.toFlags ({ alias = name; } // cfg.modelSettings // model.settings)
     ++ model.extraArgs
-    ++ [
-      "--host"
-      "127.0.0.1"
-      "--port"
-      (toString model.port)
-    ];
+    # A host ending in .sock is a unix socket to llama-server.
+    ++ (
+      if model.port != null then
+        [
+          "--host"
+          "127.0.0.1"
+          "--port"
+          (toString model.port)
+        ]
+      else
+        [
+          "--host"
+          (llmhopLib.socketOf config (unitName name))
+        ]
+    );
 
   # The server runs under llmhop-notify, which sends READY=1 once /health
   # answers 200 (llama-server answers 503 while the model loads), stays the
   # main process and exits as the server did: the unit stays `activating`
   # until the model serves, and fails at once if the server dies loading.
-  notifyCommand = model: [
-    (lib.getExe' config.services.llmhop.package "llmhop-notify")
-    "--port"
-    (toString model.port)
-    "--"
-  ];
+  notifyCommand = name: model: llmhopLib.notifyArguments config (unitName name) model;
 
   unit = name: model: {
     description = "llama.cpp server of model ${name} (llmhop worker)";
@@ -70,7 +74,7 @@ let
       # each signal arrives once. The rest of the cgroup is killed after
       # TimeoutStopSec as usual.
       KillMode = "mixed";
-      ExecStart = lib.escapeShellArgs (notifyCommand model ++ commandLine name model);
+      ExecStart = lib.escapeShellArgs (notifyCommand name model ++ commandLine name model);
       # Downloading and loading a large model takes a while.
       TimeoutStartSec = cfg.startTimeout;
       # Not on-failure: a server that stopped serving is restarted whatever
@@ -91,7 +95,8 @@ let
         "~@privileged"
       ];
       EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
-    };
+    }
+    // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
   };
 in
 {
@@ -133,7 +138,13 @@ in
       kind = "llama-cpp";
       inherit name;
       inherit (model) port route;
+      socket = llmhopLib.socketOf config (unitName name);
+      group = "llama-cpp";
     }) models;
+
+    # A static group under the dynamic user, so that llmhop can join it to
+    # reach the sockets of workers without a port.
+    users.groups.llama-cpp = { };
 
     assertions = [
       {

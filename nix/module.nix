@@ -19,9 +19,16 @@ let
     map (
       worker:
       lib.nameValuePair worker.name (
-        { healthCheck = true; } // worker.route // { url = llmhopLib.loopbackUrl worker.port; }
+        { healthCheck = true; } // worker.route // { url = workerUrl worker; }
       )
     ) cfg.workers
+  );
+
+  workerUrl =
+    worker: if worker.port != null then llmhopLib.loopbackUrl worker.port else "unix:${worker.socket}";
+  # The groups of socket workers, which llmhop joins to reach their sockets.
+  socketGroups = lib.sort lib.lessThan (
+    lib.unique (map (worker: worker.group) (lib.filter (worker: worker.port == null) cfg.workers))
   );
 
   # Unset optional keys are left out, so that llmhop's own defaults apply;
@@ -95,7 +102,7 @@ let
       '';
 
   workerNames = map (worker: worker.name) cfg.workers;
-  workerPorts = map (worker: worker.port) cfg.workers;
+  workerPorts = lib.filter (port: port != null) (map (worker: worker.port) cfg.workers);
   nameClashes = llmhopLib.duplicates (workerNames ++ lib.attrNames cfg.settings.models);
   portClashes = llmhopLib.duplicates (workerPorts ++ lib.optional cfg.enable cfg.port);
 in
@@ -396,6 +403,18 @@ in
       description = "`settings` with the workers' routes, as written to `configFile`.";
     };
 
+    socketDirectory = mkOption {
+      type = types.strMatching "/run/[^ ]+";
+      default = "/run/llmhop-workers";
+      description = ''
+        Where workers without a `port` keep their unix sockets, one directory
+        per unit (`<dir>/<unit>/http.sock`). The directory itself may be
+        passed through but not listed; each unit's own is open to its group,
+        which llmhop joins. Under `/run`, so that systemd creates and removes
+        each unit's directory with it.
+      '';
+    };
+
     workers = mkOption {
       internal = true;
       visible = false;
@@ -406,7 +425,16 @@ in
           options = {
             kind = mkOption { type = types.enum llmhopLib.kinds; };
             name = mkOption { type = types.str; };
-            port = mkOption { type = types.port; };
+            port = mkOption { type = types.nullOr types.port; };
+            # With no port: the socket it listens on, and its group.
+            socket = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+            };
+            group = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+            };
             route = mkOption {
               type = types.attrsOf types.anything;
               default = { };
@@ -441,6 +469,8 @@ in
       environment.etc."llmhop/config.json".source = cfg.configFile;
 
       networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+
+      systemd.tmpfiles.rules = lib.mkIf (socketGroups != [ ]) [ "d ${cfg.socketDirectory} 0711 root root - -" ];
 
       warnings = lib.optional (
         cfg.openFirewall && lib.elem cfg.host [ "127.0.0.1" "::1" "localhost" ]
@@ -478,6 +508,7 @@ in
           LimitNOFILE = 524288;
           RuntimeDirectory = "llmhop";
           RuntimeDirectoryMode = "0755";
+          SupplementaryGroups = socketGroups;
           EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
           LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
         };

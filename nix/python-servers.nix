@@ -28,6 +28,8 @@ let
         mem-fraction-static = 0.85;
         context-length = 32768;
       };
+      # No unix socket option: its workers need a port.
+      socket = null;
       command = package: name: model: [
         (lib.getExe' package "python3")
         "-m"
@@ -51,6 +53,10 @@ let
         max-model-len = 32768;
         gpu-memory-utilization = 0.9;
       };
+      socket = path: [
+        "--uds"
+        path
+      ];
       command = package: name: model: [
         (lib.getExe' package "vllm")
         "serve"
@@ -155,21 +161,21 @@ let
       # until /health answers (see llama-cpp.nix).
       commandLine =
         name: model:
-        [
-          (lib.getExe' config.services.llmhop.package "llmhop-notify")
-          "--port"
-          (toString model.port)
-          "--"
-        ]
+        llmhopLib.notifyArguments config (unitName name) model
         ++ spec.command (packageOf model) name model
         ++ llmhopLib.toFlags (cfg.modelSettings // model.settings)
         ++ model.extraArgs
-        ++ [
-          "--host"
-          "127.0.0.1"
-          "--port"
-          (toString model.port)
-        ];
+        ++ (
+          if model.port != null then
+            [
+              "--host"
+              "127.0.0.1"
+              "--port"
+              (toString model.port)
+            ]
+          else
+            spec.socket (llmhopLib.socketOf config (unitName name))
+        );
 
       unit = name: model: {
         description = "${spec.title} server of model ${name} (llmhop worker)";
@@ -221,8 +227,10 @@ let
             "~@privileged"
           ];
           EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
-        };
+        }
+        // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
       };
+      socketless = lib.attrNames (lib.filterAttrs (_: model: model.port == null) models);
     in
     lib.mkIf cfg.enable {
       assertions = [
@@ -235,6 +243,10 @@ let
           message = packageMissing;
         }
         {
+          assertion = spec.socket != null || socketless == [ ];
+          message = "services.llmhop.${kind}.models: ${spec.title} cannot listen on a unix socket; give these a port: ${lib.concatStringsSep ", " socketless}";
+        }
+        {
           assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
           message = "services.llmhop.${kind}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
         }
@@ -243,6 +255,8 @@ let
       services.llmhop.workers = lib.mapAttrsToList (name: model: {
         inherit kind name;
         inherit (model) port route;
+        socket = llmhopLib.socketOf config (unitName name);
+        group = kind;
       }) models;
 
       users.users.${kind} = {

@@ -149,6 +149,7 @@ let
       llama-cpp = {
         enable = true;
         models.tiny.port = 30001;
+        models.sock = { }; # no port: a unix socket
       };
       sglang = {
         enable = true;
@@ -168,9 +169,11 @@ let
           port = 30021;
           package = pkgs.writeText "vllm-0.12" "";
         };
+        models.uds = { };
       };
     };
   };
+  nativeRendered = native.services.llmhop.renderedSettings;
   nativeUnits = native.systemd.services;
   nativeVllm = nativeUnits."vllm-llama-3.1-8b";
   nativeSglang = nativeUnits."sglang-Qwen-Qwen3-8B";
@@ -188,6 +191,11 @@ let
       sglang = {
         enable = true;
         models.c.port = 30010;
+        models.socketless = { };
+      };
+      sglang-quadlet = {
+        enable = true;
+        models.in-a-container = { };
       };
     };
   };
@@ -380,6 +388,40 @@ let
       lib.any (hasInfix "services.llmhop.vllm and services.llmhop.vllm-quadlet both run units") messages
       && lib.any (hasInfix "services.llmhop.sglang.package: set it") messages
       && failedAssertions native == [ ];
+
+    "a worker without a port serves on a unix socket of its own, which llmhop joins the group of" =
+      let
+        llamaSock = nativeUnits.llama-cpp-sock.serviceConfig;
+        vllmSock = nativeUnits.vllm-uds.serviceConfig;
+        router = native.systemd.services.llmhop.serviceConfig;
+      in
+      nativeRendered.models.sock.url == "unix:/run/llmhop-workers/llama-cpp-sock/http.sock"
+      && nativeRendered.models.uds.url == "unix:/run/llmhop-workers/vllm-uds/http.sock"
+      && hasInfix "/bin/llmhop-notify --socket /run/llmhop-workers/llama-cpp-sock/http.sock -- " llamaSock.ExecStart
+      && lib.hasSuffix " --host /run/llmhop-workers/llama-cpp-sock/http.sock" llamaSock.ExecStart
+      && !(hasInfix "--port" llamaSock.ExecStart)
+      && lib.hasSuffix " --uds /run/llmhop-workers/vllm-uds/http.sock" vllmSock.ExecStart
+      && llamaSock.RuntimeDirectory == "llmhop-workers/llama-cpp-sock"
+      && llamaSock.RuntimeDirectoryMode == "0710"
+      && llamaSock.UMask == "0007"
+      && vllmSock.Group == "vllm"
+      && vllmSock.UMask == "0007"
+      && nativeUnits.llama-cpp-tiny.serviceConfig.UMask == "0077"
+      && !(nativeUnits.llama-cpp-tiny.serviceConfig ? RuntimeDirectory)
+      && (router.SupplementaryGroups or [ ]) == [
+        "llama-cpp"
+        "vllm"
+      ]
+      && native.users.groups ? llama-cpp
+      && lib.elem "d /run/llmhop-workers 0711 root root - -" native.systemd.tmpfiles.rules
+      && (llmhop.SupplementaryGroups or [ ]) == [ ];
+
+    "SGLang and container workers need a port" =
+      let
+        messages = failedAssertions twins;
+      in
+      lib.any (hasInfix "SGLang cannot listen on a unix socket; give these a port: socketless") messages
+      && lib.any (hasInfix "sglang-quadlet.models: containers are reached on a loopback port; give each a port: in-a-container") messages;
 
     "router processes default to one per CPU, and a number is kept" =
       rendered.workers == "auto" && surfaceTwo.services.llmhop.renderedSettings.workers == 2;

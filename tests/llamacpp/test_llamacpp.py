@@ -7,9 +7,11 @@ from make_model.py) are set; C{.ci/run} builds both (tests/llamacpp/build-server
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 
 import pytest
 
@@ -30,16 +32,19 @@ def free_port():
 class LlamaServer(Process):
     """llama-server on 127.0.0.1, at a port of its own; C{model} may be a FIFO nobody writes (loading forever)."""
 
-    def __init__(self, alias, port=None, model=None, extra=(), notify=None):
+    def __init__(self, alias, port=None, model=None, extra=(), notify=None, socket_path=None):
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % (self.port,)
-        argv = [SERVER, "-m", model or MODEL, "--alias", alias, "--host", "127.0.0.1", "--port", str(self.port)]
+        # A host ending in .sock is a unix socket to llama-server.
+        where = ["--host", socket_path] if socket_path else ["--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [SERVER, "-m", model or MODEL, "--alias", alias] + where
         argv += ["--no-webui", "-c", "8192", "--parallel", "2", "--embeddings", "--pooling", "mean", "--metrics"]
         argv += ["--threads", "1"]
         argv += ["--load-mode", "none"] if model else []
         environ = {"PATH": os.environ.get("PATH", "")}
-        if notify is not None:  # under `llmhop notify`, telling that fake notify socket
-            argv = notify_command() + ["--port", str(self.port), "--interval", "0.1", "--"] + argv
+        if notify is not None:  # under `llmhop-notify`, telling that fake notify socket
+            health = ["--socket", socket_path] if socket_path else ["--port", str(self.port)]
+            argv = notify_command() + health + ["--interval", "0.1", "--"] + argv
             environ = notify.environ
         super().__init__(argv + list(extra), environ=environ)
 
@@ -184,6 +189,22 @@ def test_notify_tells_systemd_ready_once_the_model_answers(processes):
         assert server.proc.poll() is None  # the wrapper stays, as the unit's main process
         server.signal(signal.SIGTERM)
         assert server.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_a_worker_on_a_unix_socket_is_told_ready_and_routed(processes, tmp_path):
+    # What the NixOS module runs for a worker without a port.
+    directory = tempfile.mkdtemp(prefix="worker-")  # short: unix socket paths stop at 108 bytes
+    path = os.path.join(directory, "http.sock")
+    with fake_notify_socket() as systemd:
+        server = LlamaServer("tiny", notify=systemd, socket_path=path)
+        processes.append(server)
+        systemd.wait_for("READY=1", timeout=60)
+    port = router(processes, tmp_path, {"tiny": {"url": "unix:" + path}})
+    status, body = request(port, "POST", "/v1/chat/completions", chat("tiny"))
+    assert status == 200 and json.loads(body)["model"] == "tiny"
+    server.signal(signal.SIGTERM)
+    server.wait(30)
+    shutil.rmtree(directory)
 
 
 def test_notify_fails_at_once_when_the_model_fails_to_load(processes, tmp_path):
