@@ -332,7 +332,7 @@ let
       assertions = [
         {
           assertion = hasQuadlet;
-          message = "services.llmhop.${option} runs its containers through quadlet-nix: import quadlet-nix's NixOS module (llmhop's flake output nixosModules.default does).";
+          message = "services.llmhop.${option} runs its containers through quadlet-nix: import quadlet-nix's NixOS module (llmhop's flake output nixosModules.quadlet does).";
         }
         {
           assertion = lib.all (model: model.port != null) (lib.attrValues models);

@@ -34,17 +34,21 @@ in
   });
 
   nixosModules = {
-    # services.llmhop with everything it can run (sglang and vLLM need
-    # quadlet-nix's module; import this one, not quadlet-nix's as well, or
-    # make both the same with `inputs.llmhop.inputs.quadlet-nix.follows`).
-    default = {
+    # services.llmhop with its native workers (llama.cpp, SGLang, vLLM):
+    # nothing but nixpkgs.
+    default = ./module.nix;
+    # The same, plus the Podman variants (sglang-quadlet, vllm-quadlet) and
+    # quadlet-nix's module they are rendered by. Import this one instead of
+    # `default`, and not quadlet-nix's as well (or make both the same with
+    # `inputs.llmhop.inputs.quadlet-nix.follows`).
+    quadlet = {
       imports = [
-        ./module.nix
+        ./quadlet.nix
         quadlet-nix.nixosModules.quadlet
       ];
     };
-    # services.llmhop alone, for those who import quadlet-nix themselves.
-    llmhop = ./module.nix;
+    # The Podman variants for those who import quadlet-nix themselves.
+    containers = ./quadlet.nix;
   };
 
   checks = forAllSystems (

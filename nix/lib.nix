@@ -32,7 +32,8 @@ rec {
     let
       backend = config.services.llmhop.${kind};
     in
-    if !backend.enable then
+    # The container kinds exist only with nixosModules.quadlet.
+    if !(config.services.llmhop ? ${kind}) || !backend.enable then
       [ ]
     else if lib.elem kind nativeKinds then
       map (name: "${kind}-${unitSafe name}.service") (lib.attrNames (enabledModels backend))

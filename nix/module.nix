@@ -107,10 +107,11 @@ let
   portClashes = llmhopLib.duplicates (workerPorts ++ lib.optional cfg.enable cfg.port);
 in
 {
+  # The container variants are in ./quadlet.nix (nixosModules.quadlet), so
+  # that this module needs nothing but nixpkgs.
   imports = [
     ./llama-cpp.nix
     ./python-servers.nix
-    ./containers.nix
   ];
 
   options.services.llmhop = {

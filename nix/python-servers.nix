@@ -139,7 +139,8 @@ let
     kind: spec:
     let
       cfg = config.services.llmhop.${kind};
-      twin = config.services.llmhop."${kind}-quadlet";
+      # The container twin exists only with nixosModules.quadlet.
+      twinEnabled = (config.services.llmhop."${kind}-quadlet" or { enable = false; }).enable;
       models = llmhopLib.enabledModels cfg;
       unitName = name: "${kind}-${llmhopLib.unitSafe name}";
       ordered = lib.attrNames models;
@@ -235,7 +236,7 @@ let
     lib.mkIf cfg.enable {
       assertions = [
         {
-          assertion = !twin.enable;
+          assertion = !twinEnabled;
           message = "services.llmhop.${kind} and services.llmhop.${kind}-quadlet both run units named ${kind}-<model> as user ${kind}: enable one of them.";
         }
         {

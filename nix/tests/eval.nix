@@ -27,7 +27,10 @@ let
       ]
       ++ extraModules;
     }).config;
-  eval = evalWith [ quadletModule ];
+  eval = evalWith [
+    quadletModule
+    ../quadlet.nix
+  ];
 
   secretPaths = [
     "/run/secrets/llmhop.env"
@@ -200,7 +203,18 @@ let
     };
   };
 
-  withoutQuadlet = evalWith [ ] {
+  # nixosModules.default: the native workers, with no quadlet-nix at all.
+  plain = evalWith [ ] {
+    services.llmhop = {
+      enable = true;
+      vllm = {
+        enable = true;
+        models.m.port = 30020;
+      };
+    };
+  };
+
+  withoutQuadlet = evalWith [ ../quadlet.nix ] {
     services.llmhop.vllm-quadlet = {
       enable = true;
       models.m.port = 30030;
@@ -666,8 +680,16 @@ let
     "the flake has an app, an overlay and the NixOS modules" =
       flake.apps.x86_64-linux.default.program == "${flakePackage}/bin/llmhop"
       && (flake.overlays.default pkgs pkgs) ? llmhop
-      && lib.elem ../module.nix flake.nixosModules.default.imports
-      && lib.elem quadletModule flake.nixosModules.default.imports;
+      && flake.nixosModules.default == ../module.nix
+      && lib.elem ../quadlet.nix flake.nixosModules.quadlet.imports
+      && lib.elem quadletModule flake.nixosModules.quadlet.imports
+      && flake.nixosModules.containers == ../quadlet.nix;
+
+    "the default module runs native workers without quadlet-nix or container options" =
+      !(plain.services.llmhop ? vllm-quadlet)
+      && !(plain ? virtualisation && plain.virtualisation ? quadlet)
+      && plain.systemd.services ? vllm-m
+      && failedAssertions plain == [ ];
 
     "the flake's checks hold the evaluation and a VM test routing through a worker" =
       flake.checks.x86_64-linux ? module-eval

@@ -11,7 +11,7 @@ let
   evaluated = lib.evalModules {
     modules = [
       ./stub-options.nix
-      ../module.nix
+      ../quadlet.nix
       quadletModule
       { _module.args.pkgs = pkgs; }
     ];
