@@ -34,11 +34,78 @@ let
 
   # Inside the container, the server listens on all of the container's
   # addresses; Podman publishes the port on the host's loopback only.
+  # Python images check health with python3; llama.cpp's has curl and no Python.
+  pythonHealthCheck =
+    port:
+    "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:${toString port}/health', timeout=5)\"";
+  huggingFaceCache = {
+    mount = "/root/.cache/huggingface";
+    environment = {
+      HF_HOME = "/root/.cache/huggingface";
+    };
+  };
+  # The Hugging Face repository a server loads, served under the attribute name.
+  repositoryOption = name: {
+    type = types.str;
+    default = name;
+    defaultText = lib.literalMD "the attribute name";
+    example = "Qwen/Qwen3-8B";
+    description = ''
+      The Hugging Face repository (or a path inside the container) the
+      server loads. Clients still ask for the attribute name: the server
+      is told to answer to it (`--served-model-name`).
+    '';
+  };
+
   backends = {
+    llama-cpp = {
+      title = "llama.cpp";
+      image = "ghcr.io/ggml-org/llama.cpp";
+      # The server image; `server-cuda`, `server-rocm` or `server-vulkan` for a GPU.
+      tag = "server";
+      subUidStart = 2000000000;
+      settingsExample = {
+        ctx-size = 8192;
+        n-gpu-layers = 999;
+      };
+      modelOption = _: {
+        type = types.nullOr types.str;
+        default = null;
+        example = "ggml-org/gemma-3-1b-it-GGUF";
+        description = ''
+          The Hugging Face repository of a GGUF model (`--hf-repo`); `null`:
+          the model comes from `settings` (`hf-repo`, or `model` for a path
+          inside the container). The server answers to the attribute name
+          (`--alias`).
+        '';
+      };
+      command = name: model: {
+        entrypoint = "/app/llama-server";
+        exec = [
+          "--alias"
+          name
+        ]
+        ++ lib.optionals (model.model != null) [
+          "--hf-repo"
+          model.model
+        ];
+      };
+      cache = {
+        mount = "/root/.cache/llama.cpp";
+        environment = {
+          LLAMA_CACHE = "/root/.cache/llama.cpp";
+        };
+      };
+      healthCheck = port: "curl -fsS -o /dev/null http://127.0.0.1:${toString port}/health";
+    };
     sglang = {
       title = "sglang";
       image = "docker.io/lmsysorg/sglang";
+      tag = "latest";
       subUidStart = 2100000000;
+      modelOption = repositoryOption;
+      cache = huggingFaceCache;
+      healthCheck = pythonHealthCheck;
       settingsExample = {
         mem-fraction-static = 0.85;
         context-length = 32768;
@@ -58,7 +125,11 @@ let
     vllm = {
       title = "vLLM";
       image = "docker.io/vllm/vllm-openai";
+      tag = "latest";
       subUidStart = 2200000000;
+      modelOption = repositoryOption;
+      cache = huggingFaceCache;
+      healthCheck = pythonHealthCheck;
       settingsExample = {
         max-model-len = 32768;
         gpu-memory-utilization = 0.9;
@@ -92,17 +163,7 @@ let
         };
       };
       modelOptions = name: {
-        model = mkOption {
-          type = types.str;
-          default = name;
-          defaultText = lib.literalMD "the attribute name";
-          example = "Qwen/Qwen3-8B";
-          description = ''
-            The Hugging Face repository (or a path inside the container) the
-            server loads. Clients still ask for the attribute name: the server
-            is told to answer to it (`--served-model-name`).
-          '';
-        };
+        model = mkOption (spec.modelOption name);
         shmSize = mkOption {
           type = types.str;
           default = "16g";
@@ -118,7 +179,7 @@ let
         };
         tag = mkOption {
           type = types.str;
-          default = "latest";
+          default = spec.tag;
           example = "v0.11.0";
           description = "The image tag. Pin one: `latest` changes under you when the image is pulled again.";
         };
@@ -156,8 +217,9 @@ let
           type = types.str;
           default = "/var/cache/${kind}";
           description = ''
-            The Hugging Face cache on the host, owned by `user` and mounted
-            into every container, so models are downloaded once.
+            The model cache on the host (Hugging Face's, or llama.cpp's),
+            owned by `user` and mounted into every container, so models are
+            downloaded once.
           '';
         };
         subUidStart = mkOption {
@@ -219,7 +281,6 @@ let
       isDefaultUser = cfg.user == kind;
       group = if isDefaultUser then kind else config.users.users.${cfg.user}.group;
       home = if isDefaultUser then "/var/lib/${kind}" else config.users.users.${cfg.user}.home;
-      hfHome = "/root/.cache/huggingface";
 
       container = index: name: model: {
         containerConfig = {
@@ -239,31 +300,32 @@ let
           image = if cfg.package != null then "docker-archive:${cfg.package}" else "${cfg.image}:${cfg.tag}";
           devices = cfg.devices;
           publishPorts = [ "127.0.0.1:${toString model.port}:${toString model.port}" ];
-          volumes = [ "${cfg.cacheDir}:${hfHome}" ];
-          environments = {
-            HF_HOME = hfHome;
-          }
-          // cfg.environment
+          volumes = [ "${cfg.cacheDir}:${spec.cache.mount}" ];
+          environments = spec.cache.environment // cfg.environment
           // model.environment;
           environmentFiles = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
           shmSize = model.shmSize;
           # The unit counts as started once the server answers, which is
           # what makes "one model after another" mean something.
           notify = "healthy";
-          healthCmd = "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:${toString model.port}/health', timeout=5)\"";
+          healthCmd = spec.healthCheck model.port;
           healthInterval = "10s";
           healthRetries = 3;
           healthStartPeriod = cfg.startTimeout;
         };
         unitConfig = {
           Description = "${spec.title} server of model ${name} (llmhop worker)";
+          StartLimitBurst = 3;
+          StartLimitIntervalSec = 3600;
         }
         // lib.optionalAttrs (index > 0) {
           After = "${unitName (lib.elemAt ordered (index - 1))}.service";
         };
         serviceConfig = {
           TimeoutStartSec = cfg.startTimeout;
-          Restart = "on-failure";
+          # vLLM and SGLang exit 0 after their engine died: restart whatever
+          # the status, until 3 failed starts within an hour.
+          Restart = "always";
           RestartSec = 30;
         };
       };
@@ -433,20 +495,18 @@ in
     lib.mapAttrsToList backendConfig backends
     ++ [
       {
+        # Every pair of enabled container kinds: their sub-UID ranges apart.
         assertions =
           let
-            sglang = config.services.llmhop.sglang-quadlet;
-            vllm = config.services.llmhop.vllm-quadlet;
+            enabled = lib.filter (kind: config.services.llmhop.${optionName kind}.enable) (lib.attrNames backends);
+            range = kind: config.services.llmhop.${optionName kind};
+            apart = a: b: a.subUidStart + a.subUidCount <= b.subUidStart || b.subUidStart + b.subUidCount <= a.subUidStart;
+            pairs = lib.concatMap (a: map (b: { inherit a b; }) (lib.filter (b: a < b) enabled)) enabled;
           in
-          [
-            {
-              assertion =
-                !(sglang.enable && vllm.enable)
-                || sglang.subUidStart + sglang.subUidCount <= vllm.subUidStart
-                || vllm.subUidStart + vllm.subUidCount <= sglang.subUidStart;
-              message = "services.llmhop.sglang-quadlet and services.llmhop.vllm-quadlet: their sub-UID ranges overlap.";
-            }
-          ];
+          map (pair: {
+            assertion = apart (range pair.a) (range pair.b);
+            message = "services.llmhop.${optionName pair.a} and services.llmhop.${optionName pair.b}: their sub-UID ranges overlap.";
+          }) pairs;
       }
     ]
   );

@@ -11,6 +11,7 @@ rec {
   # while both are loading.
   kinds = [
     "llama-cpp"
+    "llama-cpp-quadlet"
     "sglang"
     "sglang-quadlet"
     "vllm"

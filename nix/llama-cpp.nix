@@ -148,6 +148,11 @@ in
 
     assertions = [
       {
+        # The container twin exists only with nixosModules.quadlet.
+        assertion = !(config.services.llmhop.llama-cpp-quadlet or { enable = false; }).enable;
+        message = "services.llmhop.llama-cpp and services.llmhop.llama-cpp-quadlet both run units named llama-cpp-<model> as user llama-cpp: enable one of them.";
+      }
+      {
         assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
         message = "services.llmhop.llama-cpp.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
       }

@@ -200,8 +200,39 @@ let
         enable = true;
         models.in-a-container = { };
       };
+      llama-cpp = {
+        enable = true;
+        models.l.port = 30001;
+      };
+      llama-cpp-quadlet = {
+        enable = true;
+        subUidStart = 2200000000; # vllm-quadlet's
+        models.l2.port = 30002;
+      };
     };
   };
+
+  llamaQuadlet = eval {
+    services.llmhop = {
+      enable = true;
+      llama-cpp-quadlet = {
+        enable = true;
+        models.gemma = {
+          port = 30001;
+          model = "ggml-org/gemma-3-1b-it-GGUF";
+        };
+        models.other = {
+          port = 30002;
+          settings.hf-repo = "Qwen/Qwen3-0.6B-GGUF";
+        };
+      };
+      vllm-quadlet = {
+        enable = true;
+        models.v.port = 30020;
+      };
+    };
+  };
+  llamaContainer = name: llamaQuadlet.services.llmhop.llama-cpp-quadlet.containers.${name}._configText;
 
   # nixosModules.default: the native workers, with no quadlet-nix at all.
   plain = evalWith [ ] {
@@ -436,6 +467,40 @@ let
       in
       lib.any (hasInfix "SGLang cannot listen on a unix socket; give these a port: socketless") messages
       && lib.any (hasInfix "sglang-quadlet.models: containers are reached on a loopback port; give each a port: in-a-container") messages;
+
+    "llama.cpp containers run llama-server with its alias, a curl health check and its own cache" =
+      let
+        gemma = llamaContainer "llama-cpp-gemma";
+        other = llamaContainer "llama-cpp-other";
+      in
+      hasInfix "Image=ghcr.io/ggml-org/llama.cpp:server" gemma
+      && hasInfix "Entrypoint=/app/llama-server" gemma
+      && hasInfix "--alias gemma --hf-repo ggml-org/gemma-3-1b-it-GGUF --host 0.0.0.0 --port 30001" gemma
+      && hasInfix "--alias other --hf-repo Qwen/Qwen3-0.6B-GGUF --host 0.0.0.0 --port 30002" other
+      && hasInfix "HealthCmd=curl -fsS -o /dev/null http://127.0.0.1:30001/health" gemma
+      && hasInfix "Volume=/var/cache/llama-cpp:/root/.cache/llama.cpp" gemma
+      && hasInfix "LLAMA_CACHE=/root/.cache/llama.cpp" gemma
+      && !(hasInfix "HF_HOME" gemma)
+      && hasInfix "After=llama-cpp-gemma.service" other
+      && lib.elem "llama-cpp-models.service" llamaQuadlet.systemd.services.vllm-models.after
+      && llamaQuadlet.users.users.llama-cpp.linger
+      && llamaQuadlet.services.llmhop.renderedSettings.models.gemma.url == "http://127.0.0.1:30001";
+
+    "container workers always restart, within a start limit" =
+      lib.all (
+        text: hasInfix "Restart=always" text && hasInfix "StartLimitBurst=3" text && hasInfix "StartLimitIntervalSec=3600" text
+      ) [
+        (quadlet "vllm" "vllm-llama-3.1-8b")
+        (llamaContainer "llama-cpp-gemma")
+      ];
+
+    "llama.cpp and its container twin cannot both run; container sub-UID ranges stay apart" =
+      let
+        messages = failedAssertions twins;
+      in
+      lib.any (hasInfix "services.llmhop.llama-cpp and services.llmhop.llama-cpp-quadlet both run units") messages
+      && lib.any (hasInfix "services.llmhop.llama-cpp-quadlet and services.llmhop.vllm-quadlet: their sub-UID ranges overlap") messages
+      && failedAssertions llamaQuadlet == [ ];
 
     "router processes default to one per CPU, and a number is kept" =
       rendered.workers == "auto" && surfaceTwo.services.llmhop.renderedSettings.workers == 2;
