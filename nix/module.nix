@@ -104,7 +104,25 @@ let
   workerNames = map (worker: worker.name) cfg.workers;
   workerPorts = lib.filter (port: port != null) (map (worker: worker.port) cfg.workers);
   nameClashes = llmhopLib.duplicates (workerNames ++ lib.attrNames cfg.settings.models);
-  portClashes = llmhopLib.duplicates (workerPorts ++ lib.optional cfg.enable cfg.port);
+  # The TCP ports llmhop itself listens on: every `listen` address (host:port,
+  # :port, [v6]:port, or a tcp/tcp6/ssl endpoint) and `metrics.listen`.
+  listenPort =
+    address:
+    let
+      endpoint = builtins.match "(tcp6?|ssl|tls):([0-9]+).*" address;
+      hostPort = builtins.match "([^:]*|\\[[^]]*]):([0-9]+)" address;
+    in
+    if endpoint != null then
+      [ (lib.toInt (lib.elemAt endpoint 1)) ]
+    else if hostPort != null then
+      [ (lib.toInt (lib.elemAt hostPort 1)) ]
+    else
+      [ ];
+  routerPorts = lib.concatMap listenPort (
+    lib.toList cfg.settings.listen ++ lib.optional (cfg.settings.metrics.listen != null) cfg.settings.metrics.listen
+  );
+  # One registry of ports: workers of every kind and llmhop's own addresses.
+  portClashes = lib.sort lib.lessThan (llmhopLib.duplicates (workerPorts ++ lib.optionals cfg.enable routerPorts));
 in
 {
   # The container variants are in ./quadlet.nix (nixosModules.quadlet), so
@@ -459,7 +477,7 @@ in
         }
         {
           assertion = portClashes == [ ];
-          message = "services.llmhop: ports used twice (workers, and llmhop's own port): ${lib.concatMapStringsSep ", " toString portClashes}";
+          message = "services.llmhop: ports used twice (workers of every kind, llmhop's listen addresses and metrics.listen): ${lib.concatMapStringsSep ", " toString portClashes}";
         }
       ];
     }

@@ -136,6 +136,32 @@ let
     };
   };
   clashMessages = lib.concatStringsSep "\n" (failedAssertions clash);
+  # The port registry: llmhop's listen list and metrics address, and every kind.
+  portRegistry = eval {
+    services.llmhop = {
+      enable = true;
+      settings.listen = [
+        "127.0.0.1:30004"
+        "unix:/run/llmhop/llmhop.sock"
+      ];
+      settings.metrics.listen = "127.0.0.1:30005";
+      llama-cpp = {
+        enable = true;
+        models.a.port = 30004;
+      };
+      vllm = {
+        enable = true;
+        models.b.port = 30005;
+        models.c.port = 30006;
+      };
+      sglang-quadlet = {
+        enable = true;
+        models.d.port = 30006;
+        models.e.port = 8080; # llmhop's port, but not where it listens here
+      };
+    };
+  };
+  registryMessages = lib.concatStringsSep "\n" (failedAssertions portRegistry);
 
   fromStore = eval {
     services.llmhop.sglang-quadlet = {
@@ -724,6 +750,10 @@ let
     "all assertions hold for the sample" = failedAssertions sample == [ ];
 
     "a port used twice is caught" = hasInfix "ports used twice" clashMessages && hasInfix "30001" clashMessages && hasInfix "30003" clashMessages;
+
+    "one port registry covers llmhop's listen list, its metrics address and every worker kind" =
+      hasInfix "ports used twice (workers of every kind, llmhop's listen addresses and metrics.listen): 30004, 30005, 30006" registryMessages
+      && !(hasInfix "8080" registryMessages);
 
     "a model name used twice is caught" = hasInfix "model names used twice" clashMessages && hasInfix "gemma-3-1b" clashMessages;
 
