@@ -240,8 +240,9 @@ rec {
     }
     // backendOptions;
 
-  # What a model server's unit needs on top of `hardening` to use a GPU.
-  gpuAccess = {
+  # What a model server's unit needs on top of `hardening` to use a GPU, for
+  # the systemd version it runs under (config.systemd.package.version).
+  gpuAccess = systemdVersion: {
     # CUDA opens /dev/nvidia*, ROCm /dev/kfd and /dev/dri/renderD*.
     PrivateDevices = false;
     DevicePolicy = "auto";
@@ -251,8 +252,9 @@ rec {
       "render"
     ];
     # ... whose IDs must survive into the unit's user namespace, which
-    # `PrivateUsers = true` maps to nobody (systemd 257; older ones ignore it).
-    PrivateUsers = "identity";
+    # `PrivateUsers = true` maps to nobody. `identity` keeps them (systemd
+    # 257); older systemd would ignore that value, so it gets none at all.
+    PrivateUsers = if lib.versionAtLeast systemdVersion "257" then "identity" else false;
     # Every stack pins the host side of its device buffers; systemd's 8 MiB
     # default reads as out-of-memory despite free VRAM.
     LimitMEMLOCK = "infinity";

@@ -67,7 +67,7 @@ let
     # that cannot load shows its error instead of looping.
     startLimitBurst = 3;
     startLimitIntervalSec = 3600;
-    serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess // {
+    serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess config.systemd.package.version // {
       Type = "notify";
       NotifyAccess = "main";
       # systemd signals only llmhop-notify, which forwards to the server:

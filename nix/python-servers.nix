@@ -201,7 +201,7 @@ let
         ];
         startLimitBurst = 3;
         startLimitIntervalSec = 3600;
-        serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess // {
+        serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess config.systemd.package.version // {
           Type = "notify";
           NotifyAccess = "main";
           KillMode = "mixed";

@@ -9,10 +9,16 @@
 # names the checks that passed (a failed check throws with its name) and holds
 # the sample's rendered llmhop config, for `llmhop --check --no-secrets`
 # (`-A renderedConfig --json`).
-{ lib, quadlet-nix }@inputs:
+{
+  lib,
+  quadlet-nix,
+  # The systemd version units are rendered for in `renderedUnits` (the host's,
+  # for systemd-analyze); the checks use the stand-in's, 257.
+  systemdVersion ? null,
+}@inputs:
 let
   # These shadow the arguments: from here on, lib is nixpkgs' lib itself.
-  inherit (import ./inputs.nix inputs) lib quadletModule;
+  inherit (import ./inputs.nix { inherit (inputs) lib quadlet-nix; }) lib quadletModule;
   inherit (lib) hasInfix hasPrefix;
   pkgs = import ./stub-pkgs.nix { inherit lib; };
 
@@ -38,7 +44,8 @@ let
     "/run/secrets/huggingface.env"
   ];
 
-  sample = eval {
+  sample = eval sampleConfig;
+  sampleConfig = {
     services.llmhop = {
       enable = true;
       host = "0.0.0.0";
@@ -172,7 +179,8 @@ let
   };
 
   # The native twins of the containers, with llama.cpp before them.
-  native = eval {
+  native = eval nativeConfig;
+  nativeConfig = {
     services.llmhop = {
       enable = true;
       llama-cpp = {
@@ -203,6 +211,12 @@ let
     };
   };
   nativeRendered = native.services.llmhop.renderedSettings;
+  # The same on systemd 256, which does not know PrivateUsers=identity.
+  nativeOnOlderSystemd = evalWith [
+    quadletModule
+    ../quadlet.nix
+    { systemd.package = lib.mkForce (pkgs.systemd // { version = "256.8"; }); }
+  ] nativeConfig;
   nativeUnits = native.systemd.services;
   nativeVllm = nativeUnits."vllm-llama-3.1-8b";
   nativeSglang = nativeUnits."sglang-Qwen-Qwen3-8B";
@@ -444,6 +458,13 @@ let
       && nativeVllm.serviceConfig.EnvironmentFile == [ "/run/secrets/huggingface.env" ]
       && native.users.users.vllm.isSystemUser
       && native.users.users.sglang.group == "sglang";
+
+    "GPU workers keep their groups: PrivateUsers=identity from systemd 257, none before" =
+      nativeVllm.serviceConfig.PrivateUsers == "identity"
+      && nativeUnits.llama-cpp-tiny.serviceConfig.PrivateUsers == "identity"
+      && nativeOnOlderSystemd.systemd.services."vllm-llama-3.1-8b".serviceConfig.PrivateUsers == false
+      && nativeOnOlderSystemd.systemd.services.llama-cpp-tiny.serviceConfig.PrivateUsers == false
+      && nativeOnOlderSystemd.systemd.services.llmhop.serviceConfig.PrivateUsers == true;
 
     "native workers start one after another, after the kinds before them" =
       lib.elem "vllm-llama-3.1-8b.service" nativeUnits."vllm-mistral-7b".after
@@ -804,6 +825,20 @@ if failed == [ ] then
     renderedConfig = rendered;
     # The router's own features set through typed options, for `llmhop --check` too.
     renderedSurfaceConfig = surfaceRendered;
+    # Unit files for systemd-analyze (nix/tests/verify-units): llmhop with
+    # llama.cpp and the container oneshots, the native workers (with sockets),
+    # and llama.cpp's container oneshot.
+    renderedUnits =
+      let
+        onHost = lib.optional (systemdVersion != null) {
+          systemd.package = lib.mkForce (pkgs.systemd // { version = systemdVersion; });
+        };
+        render = config: import ./units.nix { inherit lib; } (evalWith ([ quadletModule ../quadlet.nix ] ++ onHost) config);
+      in
+      {
+        sample = render sampleConfig;
+        native = render nativeConfig;
+      };
   }
 else
   throw "nix/tests/eval.nix: failed: ${lib.concatStringsSep "; " failed}"

@@ -7,7 +7,7 @@
 # list of unit names is checked against NixOS's unit-name pattern, `Type=` and
 # `Restart=` against the values NixOS accepts, and so on. Why not NixOS's own
 # files: docs/nixos.md, "Checks". Test scaffolding only.
-{ lib, ... }:
+{ lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;
   list =
@@ -250,6 +250,10 @@ in
       };
       packages = list types.package;
       tmpfiles.rules = list types.str;
+      package = mkOption {
+        type = types.package;
+        default = pkgs.systemd;
+      };
     };
     users = {
       users = mkOption {

@@ -57,7 +57,9 @@ lib.fix (self: {
   runCommand = name: env: script: built name { inherit env script; };
   coreutils = package "coreutils";
   curl = package "curl";
-  systemd = package "systemd";
+  systemd = package "systemd" // {
+    version = "257.9";
+  };
   podman = package "podman";
   llama-cpp = package "llama-cpp";
   vllm = package "vllm";
