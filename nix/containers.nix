@@ -44,18 +44,7 @@ let
       HF_HOME = "/root/.cache/huggingface";
     };
   };
-  # The Hugging Face repository a server loads, served under the attribute name.
-  repositoryOption = name: {
-    type = types.str;
-    default = name;
-    defaultText = lib.literalMD "the attribute name";
-    example = "Qwen/Qwen3-8B";
-    description = ''
-      The Hugging Face repository (or a path inside the container) the
-      server loads. Clients still ask for the attribute name: the server
-      is told to answer to it (`--served-model-name`).
-    '';
-  };
+  repositoryOption = llmhopLib.repositoryOption "inside the container";
 
   backends = {
     llama-cpp = {

@@ -70,6 +70,34 @@ rec {
 
   loopbackUrl = port: "http://127.0.0.1:${toString port}";
 
+  # The `model` option of the kinds that load a Hugging Face repository and
+  # answer to the attribute name; `where` says where else a model may be.
+  repositoryOption = where: name: {
+    type = types.str;
+    default = name;
+    defaultText = lib.literalMD "the attribute name";
+    example = "Qwen/Qwen3-8B";
+    description = ''
+      The Hugging Face repository (or a path ${where}) the server loads.
+      Clients still ask for the attribute name: the server is told to answer
+      to it (`--served-model-name`).
+    '';
+  };
+
+  # Where a server listens: 127.0.0.1 and its port, or, without a port, its
+  # unix socket, given to it by `socketFlags` (each server spells that its way).
+  listenFlags =
+    config: unit: model: socketFlags:
+    if model.port != null then
+      [
+        "--host"
+        "127.0.0.1"
+        "--port"
+        (toString model.port)
+      ]
+    else
+      socketFlags (socketOf config unit);
+
   # A socket worker's own directory and socket: one directory per unit, so
   # that no worker can delete or take over another's socket.
   socketOf = config: unit: "${config.services.llmhop.socketDirectory}/${unit}/http.sock";

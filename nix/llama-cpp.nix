@@ -29,20 +29,10 @@ let
     ++ llmhopLib.toFlags ({ alias = name; } // cfg.modelSettings // model.settings)
     ++ model.extraArgs
     # A host ending in .sock is a unix socket to llama-server.
-    ++ (
-      if model.port != null then
-        [
-          "--host"
-          "127.0.0.1"
-          "--port"
-          (toString model.port)
-        ]
-      else
-        [
-          "--host"
-          (llmhopLib.socketOf config (unitName name))
-        ]
-    );
+    ++ llmhopLib.listenFlags config (unitName name) model (path: [
+      "--host"
+      path
+    ]);
 
   # The server runs under llmhop-notify, which sends READY=1 once /health
   # answers 200 (llama-server answers 503 while the model loads), stays the

@@ -96,17 +96,7 @@ let
         };
       };
       modelOptions = name: {
-        model = mkOption {
-          type = types.str;
-          default = name;
-          defaultText = lib.literalMD "the attribute name";
-          example = "Qwen/Qwen3-8B";
-          description = ''
-            The Hugging Face repository (or a local path) the server loads.
-            Clients still ask for the attribute name: the server is told to
-            answer to it (`--served-model-name`).
-          '';
-        };
+        model = mkOption (llmhopLib.repositoryOption "on this machine" name);
         package = mkOption {
           type = types.nullOr types.package;
           default = null;
@@ -166,17 +156,7 @@ let
         ++ spec.command (packageOf model) name model
         ++ llmhopLib.toFlags (cfg.modelSettings // model.settings)
         ++ model.extraArgs
-        ++ (
-          if model.port != null then
-            [
-              "--host"
-              "127.0.0.1"
-              "--port"
-              (toString model.port)
-            ]
-          else
-            spec.socket (llmhopLib.socketOf config (unitName name))
-        );
+        ++ llmhopLib.listenFlags config (unitName name) model spec.socket;
 
       unit = name: model: {
         description = "${spec.title} server of model ${name} (llmhop worker)";

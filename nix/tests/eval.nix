@@ -353,24 +353,25 @@ let
         ];
         cors.allowOrigins = [ "https://chat.example" ];
         models.m.url = "http://127.0.0.1:9";
-        models.fleet = {
-          url = [
-            "http://127.0.0.1:9"
-            "http://127.0.0.1:10"
-          ];
-          retryOn = [ ];
-          fallbacks = [ "m" ];
-          policy = "prefix-affinity";
-          healthCheck = {
-            interval = 0.5;
-            failures = 3;
-          };
-        };
+        models.fleet = fleetRoute;
         models.all-defaults = {
           url = "http://127.0.0.1:11";
           healthCheck = { };
         };
       };
+    };
+  };
+  fleetRoute = {
+    url = [
+      "http://127.0.0.1:9"
+      "http://127.0.0.1:10"
+    ];
+    retryOn = [ ];
+    fallbacks = [ "m" ];
+    policy = "prefix-affinity";
+    healthCheck = {
+      interval = 0.5;
+      failures = 3;
     };
   };
   surfaceRendered = surface.services.llmhop.renderedSettings;
@@ -394,19 +395,8 @@ let
       && surfaceRendered.cors.allowOrigins == [ "https://chat.example" ];
 
     "retries, fallbacks, policy and health checks render as llmhop reads them" =
-      surfaceRendered.models.fleet == {
-        url = [
-          "http://127.0.0.1:9"
-          "http://127.0.0.1:10"
-        ];
-        retryOn = [ ];
-        fallbacks = [ "m" ];
-        policy = "prefix-affinity";
-        healthCheck = {
-          interval = 0.5;
-          failures = 3;
-        };
-      }
+      # Rendered as written: `retryOn = [ ]` kept, the check's unset fields left out.
+      surfaceRendered.models.fleet == fleetRoute
       && (surfaceRendered.models.all-defaults.healthCheck or null) == true
       && surfaceRendered.models.m == { url = "http://127.0.0.1:9"; }
       && !(surfaceTwo.services.llmhop.renderedSettings ? cors);

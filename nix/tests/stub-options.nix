@@ -131,6 +131,20 @@ let
       timerConfig = section;
     };
   };
+  # subUidRanges and subGidRanges: lists of { startUid or startGid, count }.
+  idRanges =
+    start:
+    list (
+      types.submodule {
+        options = {
+          ${start} = mkOption { type = types.int; };
+          count = mkOption {
+            type = types.int;
+            default = 1;
+          };
+        };
+      }
+    );
   user = types.submodule (
     { name, ... }:
     {
@@ -164,28 +178,8 @@ let
           type = types.nullOr types.bool;
           default = null;
         };
-        subUidRanges = list (
-          types.submodule {
-            options = {
-              startUid = mkOption { type = types.int; };
-              count = mkOption {
-                type = types.int;
-                default = 1;
-              };
-            };
-          }
-        );
-        subGidRanges = list (
-          types.submodule {
-            options = {
-              startGid = mkOption { type = types.int; };
-              count = mkOption {
-                type = types.int;
-                default = 1;
-              };
-            };
-          }
-        );
+        subUidRanges = idRanges "startUid";
+        subGidRanges = idRanges "startGid";
       };
     }
   );
