@@ -268,6 +268,24 @@ rec {
     }
     // backendOptions;
 
+  # The lifecycle every native worker unit shares. llmhop-notify is the main
+  # process and says READY=1 once the model answers (Type=notify), and systemd
+  # signals only it (KillMode=mixed), which forwards: each signal arrives once.
+  # Restarted whatever the exit status (vLLM and SGLang exit 0 after their
+  # engine died), until 3 failed starts within an hour show the error instead
+  # of a loop.
+  workerStartLimit = {
+    startLimitBurst = 3;
+    startLimitIntervalSec = 3600;
+  };
+  workerLifecycle = {
+    Type = "notify";
+    NotifyAccess = "main";
+    KillMode = "mixed";
+    Restart = "always";
+    RestartSec = 10;
+  };
+
   # What a model server's unit needs on top of `hardening` to use a GPU, for
   # the systemd version it runs under (config.systemd.package.version).
   gpuAccess = systemdVersion: {

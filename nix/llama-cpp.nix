@@ -53,40 +53,30 @@ let
     }
     // cfg.environment
     // model.environment;
-    # Three failed starts within an hour stop the restarts, so that a model
-    # that cannot load shows its error instead of looping.
-    startLimitBurst = 3;
-    startLimitIntervalSec = 3600;
-    serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess config.systemd.package.version // {
-      Type = "notify";
-      NotifyAccess = "main";
-      # systemd signals only llmhop-notify, which forwards to the server:
-      # each signal arrives once. The rest of the cgroup is killed after
-      # TimeoutStopSec as usual.
-      KillMode = "mixed";
-      ExecStart = lib.escapeShellArgs (notifyCommand name model ++ commandLine name model);
-      # Downloading and loading a large model takes a while.
-      TimeoutStartSec = cfg.startTimeout;
-      # Not on-failure: a server that stopped serving is restarted whatever
-      # its status (vLLM and SGLang exit 0 after an engine crash; llama.cpp
-      # is treated the same).
-      Restart = "always";
-      RestartSec = 10;
-      # One dynamic user for all llama.cpp units, so that they share the
-      # model cache.
-      User = "llama-cpp";
-      Group = "llama-cpp";
-      StateDirectory = "llama-cpp";
-      CacheDirectory = "llama-cpp";
-      WorkingDirectory = "/var/lib/llama-cpp";
-      # llama.cpp sets thread priorities and may lock the model in memory.
-      SystemCallFilter = [
-        "@system-service"
-        "~@privileged"
-      ];
-      EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
-    }
-    // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
+    inherit (llmhopLib.workerStartLimit) startLimitBurst startLimitIntervalSec;
+    serviceConfig =
+      llmhopLib.hardening
+      // llmhopLib.gpuAccess config.systemd.package.version
+      // llmhopLib.workerLifecycle
+      // {
+        ExecStart = lib.escapeShellArgs (notifyCommand name model ++ commandLine name model);
+        # Downloading and loading a large model takes a while.
+        TimeoutStartSec = cfg.startTimeout;
+        # One dynamic user for all llama.cpp units, so that they share the
+        # model cache.
+        User = "llama-cpp";
+        Group = "llama-cpp";
+        StateDirectory = "llama-cpp";
+        CacheDirectory = "llama-cpp";
+        WorkingDirectory = "/var/lib/llama-cpp";
+        # llama.cpp sets thread priorities and may lock the model in memory.
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+      }
+      // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
   };
 in
 {

@@ -179,37 +179,33 @@ let
           pkgs.gcc
           pkgs.ninja
         ];
-        startLimitBurst = 3;
-        startLimitIntervalSec = 3600;
-        serviceConfig = llmhopLib.hardening // llmhopLib.gpuAccess config.systemd.package.version // {
-          Type = "notify";
-          NotifyAccess = "main";
-          KillMode = "mixed";
-          ExecStart = lib.escapeShellArgs (commandLine name model);
-          TimeoutStartSec = cfg.startTimeout;
-          # vLLM and SGLang exit 0 after their engine died: restart whatever
-          # the status, until 3 failed starts within an hour.
-          Restart = "always";
-          RestartSec = 10;
-          # A real user, not DynamicUser: DynamicUser's state and cache
-          # directories are ID-mapped mounts, always noexec, and these
-          # runtimes dlopen the kernels they compile there.
-          DynamicUser = false;
-          User = kind;
-          Group = kind;
-          StateDirectory = kind;
-          CacheDirectory = kind;
-          WorkingDirectory = "/var/lib/${kind}";
-          # NCCL's interface scan (getifaddrs) opens a netlink socket.
-          RestrictAddressFamilies = llmhopLib.hardening.RestrictAddressFamilies ++ [ "AF_NETLINK" ];
-          # torch sets thread affinities and priorities (@resources).
-          SystemCallFilter = [
-            "@system-service"
-            "~@privileged"
-          ];
-          EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
-        }
-        // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
+        inherit (llmhopLib.workerStartLimit) startLimitBurst startLimitIntervalSec;
+        serviceConfig =
+          llmhopLib.hardening
+          // llmhopLib.gpuAccess config.systemd.package.version
+          // llmhopLib.workerLifecycle
+          // {
+            ExecStart = lib.escapeShellArgs (commandLine name model);
+            TimeoutStartSec = cfg.startTimeout;
+            # A real user, not DynamicUser: DynamicUser's state and cache
+            # directories are ID-mapped mounts, always noexec, and these
+            # runtimes dlopen the kernels they compile there.
+            DynamicUser = false;
+            User = kind;
+            Group = kind;
+            StateDirectory = kind;
+            CacheDirectory = kind;
+            WorkingDirectory = "/var/lib/${kind}";
+            # NCCL's interface scan (getifaddrs) opens a netlink socket.
+            RestrictAddressFamilies = llmhopLib.hardening.RestrictAddressFamilies ++ [ "AF_NETLINK" ];
+            # torch sets thread affinities and priorities (@resources).
+            SystemCallFilter = [
+              "@system-service"
+              "~@privileged"
+            ];
+            EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+          }
+          // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
       };
       socketless = lib.attrNames (lib.filterAttrs (_: model: model.port == null) models);
     in
