@@ -106,7 +106,10 @@ def notify_address(value: str) -> str:
 
 
 def sd_notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
-    """Send one notify datagram to systemd; False when there is no ``$NOTIFY_SOCKET``."""
+    """Send one notify datagram to systemd; False when there is no ``$NOTIFY_SOCKET``.
+
+    @raise OSError: the socket is named but cannot be reached.
+    """
     value = environ.get("NOTIFY_SOCKET")
     if not value:
         return False
@@ -148,12 +151,20 @@ class Wrapper:
     stopping: bool = False
     child: Optional["subprocess.Popen[bytes]"] = None
 
-    def run(self) -> int:
-        """Start the server, wait for it, and return its status (negative: the signal that killed it)."""
-        self.child = subprocess.Popen(list(self.command))
+    def start(self) -> None:
+        """Start the server (L{OSError} if it cannot be), forwarding signals from now on."""
+        # Installed first: a stop that comes while the child starts is kept
+        # and handed on, rather than killing the wrapper and orphaning it.
         for number in FORWARDED:
             signal.signal(number, self._forward)
-        sd_notify("STATUS=waiting for %s\nMAINPID=%d" % (self.health.describe(), os.getpid()))
+        self.child = subprocess.Popen(list(self.command))
+        if self.stopping:
+            self.child.terminate()
+
+    def run(self) -> int:
+        """Wait for the started server and return its status (negative: the signal that killed it)."""
+        assert self.child is not None
+        self._notify("STATUS=waiting for %s\nMAINPID=%d" % (self.health.describe(), os.getpid()))
         returncode = self._wait_until_ready()
         if returncode is None:
             returncode = self.child.wait()
@@ -178,8 +189,16 @@ class Wrapper:
                 pass
             if answers(self.health, self.probe_timeout) and self.child.poll() is None:
                 self.state = "ready"
-                sd_notify("READY=1\nSTATUS=ready: %s answered" % (self.health.describe(),))
+                self._notify("READY=1\nSTATUS=ready: %s answered" % (self.health.describe(),))
                 return None
+
+    def _notify(self, state: str) -> None:
+        try:
+            sd_notify(state)
+        except OSError as e:
+            # The server keeps running; systemd will time the start out, and
+            # this line says why.
+            self.tell("notify: cannot reach systemd at $NOTIFY_SOCKET: %s" % (e.strerror or e,))
 
     def _failed_start(self, returncode: int) -> int:
         how = "was killed by signal %d" % (-returncode,) if returncode < 0 else "exited with status %d" % (returncode,)
@@ -236,11 +255,11 @@ def main(argv: Sequence[str]) -> int:
     if wrapper is None:
         return 2
     try:
-        returncode = wrapper.run()
+        wrapper.start()
     except OSError as e:
         _tell("notify: cannot start %s: %s" % (wrapper.command[0], e.strerror or e))
         return 127
-    return exit_as(returncode)
+    return exit_as(wrapper.run())
 
 
 def run() -> None:

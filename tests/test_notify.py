@@ -1,5 +1,6 @@
 """``llmhop notify``'s small pieces; tests/e2e/test_notify.py runs it whole."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -71,3 +72,35 @@ def test_only_the_standard_library_is_imported():
     loaded = subprocess.run([sys.executable, "-c", load, notify.__file__], capture_output=True, text=True, check=True)
     modules = {name.split(".")[0] for name in loaded.stdout.split()}
     assert not modules & {"attrs", "attr", "twisted", "treq", "prometheus_client", "llmhop"}
+
+
+class _Child:
+    returncode = None
+
+    def __init__(self):
+        self.calls = []
+
+    def send_signal(self, number):
+        self.calls.append(number)
+
+    def terminate(self):
+        self.calls.append("terminate")
+
+
+def test_a_stop_that_comes_while_the_server_starts_is_handed_on(monkeypatch):
+    saved = {number: signal.getsignal(number) for number in notify.FORWARDED}
+    child = _Child()
+
+    def popen(argv):
+        os.kill(os.getpid(), signal.SIGTERM)  # systemd stops the unit right now
+        return child
+
+    monkeypatch.setattr(notify.subprocess, "Popen", popen)
+    wrapper = notify.parse(["--port", "1", "--", "server"], tell=pytest.fail)
+    try:
+        wrapper.start()
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    assert wrapper.stopping
+    assert child.calls == ["terminate"]

@@ -166,6 +166,16 @@ def test_a_unix_socket_server_and_an_abstract_notify_socket(processes, tmp_path)
     os.rmdir(path)
 
 
+def test_an_unreachable_notify_socket_is_told_and_the_server_still_runs(processes, tmp_path):
+    port = free_port()
+    environ = env(NOTIFY_SOCKET=str(tmp_path / "nobody-listens"))
+    process = wrapper(processes, environ, ["--port", str(port)], ["--port", str(port)])
+    process.wait_for_line("llmhop: notify: cannot reach systemd at \\$NOTIFY_SOCKET: ")
+    wait_for(lambda: probes(process, 200) == 1)
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
 def test_without_a_notify_socket_it_only_runs_the_server(processes):
     port = free_port()
     process = wrapper(processes, env(NOTIFY_SOCKET=None), ["--port", str(port)], ["--port", str(port)])
