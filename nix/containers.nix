@@ -1,7 +1,7 @@
-# services.llmhop.sglang-quadlet and services.llmhop.vllm-quadlet: one
-# rootless Podman container per model, rendered by quadlet-nix and run by the systemd *user*
-# manager of a lingering system user (`sglang`, `vllm`) that owns the model
-# cache, its sub-UID range and its container store.
+# services.llmhop.llama-cpp-quadlet, .sglang-quadlet and .vllm-quadlet: one
+# rootless Podman container per model, rendered by quadlet-nix and run by the
+# systemd *user* manager of a lingering system user (`llama-cpp`, `sglang`,
+# `vllm`) that owns the model cache, its sub-UID range and its container store.
 #
 # Why user units, not system units with User=: the system manager's
 # `daemon-reload` (which every `nixos-rebuild switch` does) rewrites the
