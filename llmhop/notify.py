@@ -63,7 +63,7 @@ class Health:
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    """http.client over a unix socket (the server's ``--uds``/``--host unix://`` form)."""
+    """http.client over a unix socket (vLLM's ``--uds PATH``, llama-server's ``--host PATH.sock``)."""
 
     def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -165,13 +165,11 @@ class Wrapper:
         """Wait for the started server and return its status (negative: the signal that killed it)."""
         assert self.child is not None
         self._notify("STATUS=waiting for %s\nMAINPID=%d" % (self.health.describe(), os.getpid()))
-        returncode = self._wait_until_ready()
-        if returncode is None:
-            returncode = self.child.wait()
-            self.state = "exited"
-            return returncode
+        early = self._wait_until_ready()
+        returncode = self.child.wait() if early is None else early
+        was_ready = self.state == "ready"
         self.state = "exited"
-        return returncode if self.stopping else self._failed_start(returncode)
+        return returncode if was_ready or self.stopping else self._failed_start(returncode)
 
     def _forward(self, number: int, frame: object) -> None:
         if number in STOPPING:
