@@ -525,7 +525,13 @@ in
           # Two descriptors per open stream; set here because the system call
           # filter refuses setrlimit().
           LimitNOFILE = 524288;
-          RuntimeDirectory = "llmhop";
+          # /run/llmhop, and llmhop's own directory in the socket root beside
+          # the workers' (unix:<socketDirectory>/llmhop/http.sock, say), both
+          # created on start and removed on stop.
+          RuntimeDirectory = [
+            "llmhop"
+            (llmhopLib.socketRuntimeDirectory config "llmhop")
+          ];
           RuntimeDirectoryMode = "0755";
           SupplementaryGroups = socketGroups;
           EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;

@@ -587,6 +587,12 @@ let
 
     "listen is made from host and port" = rendered.listen == "0.0.0.0:8080";
 
+    "llmhop may listen in /run/llmhop or in its own directory of the socket root" =
+      llmhop.RuntimeDirectory == [
+        "llmhop"
+        "llmhop-workers/llmhop"
+      ];
+
     "unset optional keys are left to llmhop's defaults" =
       !(rendered ? maxBodyBytes) && !(rendered.models."llama-3.1-8b" ? headers);
 
