@@ -389,10 +389,7 @@ let
           assertion = lib.all (model: model.port != null) (lib.attrValues models);
           message = "services.llmhop.${option}.models: containers are reached on a loopback port; give each a port: ${lib.concatStringsSep ", " (lib.attrNames (lib.filterAttrs (_: model: model.port == null) models))}";
         }
-        {
-          assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
-          message = "services.llmhop.${option}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
-        }
+        (llmhopLib.unitNamesAssertion option unitName ordered)
       ];
 
       services.llmhop.workers = lib.mapAttrsToList (name: model: {

@@ -30,16 +30,45 @@ rec {
   # user units and waits for them.
   startedUnitsOf =
     config: kind:
-    let
-      backend = config.services.llmhop.${kind};
-    in
-    # The container kinds exist only with nixosModules.quadlet.
-    if !(config.services.llmhop ? ${kind}) || !backend.enable then
+    if !kindEnabled config kind then
       [ ]
     else if lib.elem kind nativeKinds then
-      map (name: "${kind}-${unitSafe name}.service") (lib.attrNames (enabledModels backend))
+      map (name: "${kind}-${unitSafe name}.service") (lib.attrNames (enabledModels config.services.llmhop.${kind}))
     else
       [ "${lib.removeSuffix "-quadlet" kind}-models.service" ];
+
+  # Whether a worker kind is enabled; the container kinds exist only with
+  # nixosModules.quadlet, and are not enabled without it.
+  kindEnabled = config: kind: (config.services.llmhop.${kind} or { enable = false; }).enable;
+
+  # A native kind and its container twin use the same unit and user names.
+  twinAssertion = config: kind: {
+    assertion = !kindEnabled config "${kind}-quadlet";
+    message = "services.llmhop.${kind} and services.llmhop.${kind}-quadlet both run units named ${kind}-<model> as user ${kind}: enable one of them.";
+  };
+
+  # Models start one after another in name order: { name = the unit before it; }.
+  previousUnits =
+    unitName: names:
+    lib.listToAttrs (lib.zipListsWith (prev: name: lib.nameValuePair name (unitName prev)) names (lib.drop 1 names));
+
+  # Model names are free, unit names are not: two names may give one unit.
+  unitNamesAssertion =
+    option: unitName: names:
+    let
+      clashes = duplicates (map unitName names);
+    in
+    {
+      assertion = clashes == [ ];
+      message = "services.llmhop.${option}.models: these names give the same unit name: ${lib.concatStringsSep ", " clashes}";
+    };
+
+  # Model servers set thread affinities and priorities (torch) and may lock
+  # memory (llama.cpp's --mlock): the `hardening` filter less `~@resources`.
+  modelServerSystemCalls = [
+    "@system-service"
+    "~@privileged"
+  ];
 
   # What a kind waits for before its first model loads: every kind before it.
   unitsBefore =

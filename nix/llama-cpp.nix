@@ -17,15 +17,18 @@ let
   # once its model answers (llmhop-notify, Type=notify), so two models never
   # load at the same time.
   ordered = lib.attrNames models;
-  previous = lib.listToAttrs (
-    lib.zipListsWith (prev: name: lib.nameValuePair name (unitName prev)) ordered (lib.drop 1 ordered)
-  );
+  previous = llmhopLib.previousUnits unitName ordered;
 
+  # The server runs under llmhop-notify, which sends READY=1 once /health
+  # answers 200 (llama-server answers 503 while the model loads), stays the
+  # main process and exits as the server did: the unit stays `activating`
+  # until the model serves, and fails at once if the server dies loading.
   # llmhop and the model name are in front; host and port come last so that
   # no setting can move the server off the port llmhop routes to.
   commandLine =
     name: model:
-    [ (lib.getExe' cfg.package "llama-server") ]
+    llmhopLib.notifyArguments config (unitName name) model
+    ++ [ (lib.getExe' cfg.package "llama-server") ]
     ++ llmhopLib.toFlags ({ alias = name; } // cfg.modelSettings // model.settings)
     ++ model.extraArgs
     # A host ending in .sock is a unix socket to llama-server.
@@ -33,12 +36,6 @@ let
       "--host"
       path
     ]);
-
-  # The server runs under llmhop-notify, which sends READY=1 once /health
-  # answers 200 (llama-server answers 503 while the model loads), stays the
-  # main process and exits as the server did: the unit stays `activating`
-  # until the model serves, and fails at once if the server dies loading.
-  notifyCommand = name: model: llmhopLib.notifyArguments config (unitName name) model;
 
   unit = name: model: {
     description = "llama.cpp server of model ${name} (llmhop worker)";
@@ -59,7 +56,7 @@ let
       // llmhopLib.gpuAccess config.systemd.package.version
       // llmhopLib.workerLifecycle
       // {
-        ExecStart = lib.escapeShellArgs (notifyCommand name model ++ commandLine name model);
+        ExecStart = lib.escapeShellArgs (commandLine name model);
         # Downloading and loading a large model takes a while.
         TimeoutStartSec = cfg.startTimeout;
         # One dynamic user for all llama.cpp units, so that they share the
@@ -69,11 +66,7 @@ let
         StateDirectory = "llama-cpp";
         CacheDirectory = "llama-cpp";
         WorkingDirectory = "/var/lib/llama-cpp";
-        # llama.cpp sets thread priorities and may lock the model in memory.
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
+        SystemCallFilter = llmhopLib.modelServerSystemCalls;
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
       }
       // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
@@ -127,15 +120,8 @@ in
     users.groups.llama-cpp = { };
 
     assertions = [
-      {
-        # The container twin exists only with nixosModules.quadlet.
-        assertion = !(config.services.llmhop.llama-cpp-quadlet or { enable = false; }).enable;
-        message = "services.llmhop.llama-cpp and services.llmhop.llama-cpp-quadlet both run units named llama-cpp-<model> as user llama-cpp: enable one of them.";
-      }
-      {
-        assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
-        message = "services.llmhop.llama-cpp.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
-      }
+      (llmhopLib.twinAssertion config "llama-cpp")
+      (llmhopLib.unitNamesAssertion "llama-cpp" unitName ordered)
     ];
 
     systemd.services = lib.mapAttrs' (name: model: lib.nameValuePair (unitName name) (unit name model)) models;

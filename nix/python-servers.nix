@@ -129,14 +129,10 @@ let
     kind: spec:
     let
       cfg = config.services.llmhop.${kind};
-      # The container twin exists only with nixosModules.quadlet.
-      twinEnabled = (config.services.llmhop."${kind}-quadlet" or { enable = false; }).enable;
       models = llmhopLib.enabledModels cfg;
       unitName = name: "${kind}-${llmhopLib.unitSafe name}";
       ordered = lib.attrNames models;
-      previous = lib.listToAttrs (
-        lib.zipListsWith (prev: name: lib.nameValuePair name (unitName prev)) ordered (lib.drop 1 ordered)
-      );
+      previous = llmhopLib.previousUnits unitName ordered;
       packageOrNull = model: if model.package != null then model.package else cfg.package;
       packageOf =
         model:
@@ -198,11 +194,7 @@ let
             WorkingDirectory = "/var/lib/${kind}";
             # NCCL's interface scan (getifaddrs) opens a netlink socket.
             RestrictAddressFamilies = llmhopLib.hardening.RestrictAddressFamilies ++ [ "AF_NETLINK" ];
-            # torch sets thread affinities and priorities (@resources).
-            SystemCallFilter = [
-              "@system-service"
-              "~@privileged"
-            ];
+            SystemCallFilter = llmhopLib.modelServerSystemCalls;
             EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
           }
           // lib.optionalAttrs (model.port == null) (llmhopLib.socketServiceConfig config (unitName name));
@@ -211,10 +203,7 @@ let
     in
     lib.mkIf cfg.enable {
       assertions = [
-        {
-          assertion = !twinEnabled;
-          message = "services.llmhop.${kind} and services.llmhop.${kind}-quadlet both run units named ${kind}-<model> as user ${kind}: enable one of them.";
-        }
+        (llmhopLib.twinAssertion config kind)
         {
           assertion = lib.all (model: packageOrNull model != null) (lib.attrValues models);
           message = packageMissing;
@@ -223,10 +212,7 @@ let
           assertion = spec.socket != null || socketless == [ ];
           message = "services.llmhop.${kind}.models: ${spec.title} cannot listen on a unix socket; give these a port: ${lib.concatStringsSep ", " socketless}";
         }
-        {
-          assertion = llmhopLib.duplicates (map unitName ordered) == [ ];
-          message = "services.llmhop.${kind}.models: these names give the same unit name: ${lib.concatStringsSep ", " (llmhopLib.duplicates (map unitName ordered))}";
-        }
+        (llmhopLib.unitNamesAssertion kind unitName ordered)
       ];
 
       services.llmhop.workers = lib.mapAttrsToList (name: model: {
