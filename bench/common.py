@@ -6,7 +6,9 @@ Everything runs on 127.0.0.1 and is stopped by PID when the benchmark ends.
 import http.client
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,9 +145,6 @@ class Profile:
     """
 
     def __init__(self, pid, path, seconds, rate=500):
-        import shutil
-        import subprocess
-
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         argv = [spy, "record", "--rate", str(rate), "--duration", str(int(seconds)), "--format", "raw"]
         self.proc = subprocess.Popen(
